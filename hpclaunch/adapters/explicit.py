@@ -1,0 +1,92 @@
+"""The DeepSpeed-compatible source: ``--world_info``, ``--node_rank``, ``--master_addr/port``.
+
+Defaults are DeepSpeed's (node_rank 0, master 127.0.0.1:29500). Every node of the job is
+started with the same world_info, so the run id is derived from it: all nodes agree on it
+without talking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from typing import Mapping, Tuple
+
+from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.errors import AdapterError, WorldInfoError
+from hpclaunch.world import (
+    DEFAULT_MASTER_PORT,
+    MAX_WORLD_INFO_BYTES,
+    Host,
+    World,
+    decode_world_info,
+    encode_world_info,
+    parse_world_info_text,
+)
+
+
+def read_world_info_file(path: str) -> Tuple[Host, ...]:
+    """``@PATH``: the file holds the base64 or the plain JSON (for worlds beyond ARG_MAX)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_WORLD_INFO_BYTES + 1)
+    except OSError as exc:
+        raise WorldInfoError(
+            f"cannot read world_info file {path!r} ({exc.strerror}): check the path after '@'"
+        ) from None
+    if len(data) > MAX_WORLD_INFO_BYTES:
+        raise WorldInfoError(
+            f"world_info file {path!r} is larger than {MAX_WORLD_INFO_BYTES} bytes: "
+            "it must hold one world_info object"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorldInfoError(f"world_info file {path!r} is not UTF-8 text") from None
+    return parse_world_info_text(text)
+
+
+def parse_world_info_argument(value: str) -> Tuple[Host, ...]:
+    if value.startswith("@"):
+        return read_world_info_file(value[1:])
+    return decode_world_info(value)
+
+
+def derived_run_id(hosts: Tuple[Host, ...], master_addr: str, master_port: int) -> str:
+    digest = hashlib.sha256(
+        f"{encode_world_info(hosts)}|{master_addr}|{master_port}".encode()
+    ).hexdigest()
+    return f"hpclaunch-{digest[:16]}"
+
+
+class ExplicitAdapter:
+    """World from flags alone; the environment plays no part."""
+
+    name = "explicit"
+
+    def detect(self, env: Mapping[str, str]) -> bool:
+        return False  # chosen only when --world_info is given (see adapters/__init__.py)
+
+    def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
+        if options.world_info is None:
+            raise AdapterError(
+                "the explicit adapter needs --world_info: pass base64 of a JSON object like "
+                '{"host": [0, 1]}, or @FILE'
+            )
+        hosts = parse_world_info_argument(options.world_info)
+        master_addr = options.master_addr if options.master_addr is not None else "127.0.0.1"
+        master_port = (
+            options.master_port if options.master_port is not None else DEFAULT_MASTER_PORT
+        )
+        node_rank = options.node_rank if options.node_rank is not None else 0
+        return World(
+            hosts=hosts,
+            node_rank=node_rank,
+            master_addr=master_addr,
+            master_port=master_port,
+            run_id=derived_run_id(hosts, master_addr, master_port),
+            gpu_slots=True,
+        )
+
+
+__all__ = ["ExplicitAdapter", "parse_world_info_argument", "read_world_info_file", "derived_run_id"]
+
