@@ -175,7 +175,9 @@ def decode_world_info(value: str) -> Tuple[Host, ...]:
     """Decode the base64 form (standard or urlsafe alphabet, padding optional)."""
     compact = "".join(value.split())
     if not compact:
-        raise WorldInfoError("world_info is empty: pass base64 of a JSON object like {\"host\": [0]}")
+        raise WorldInfoError(
+            'world_info is empty: pass base64 of a JSON object like {"host": [0]}'
+        )
     padded = compact + "=" * (-len(compact) % 4)
     try:
         raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)

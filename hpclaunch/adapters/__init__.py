@@ -38,7 +38,9 @@ def load(name: str) -> Adapter:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"adapter {name!r} is not available in this installation ({exc})") from None
+        raise UsageError(
+            f"adapter {name!r} is not available in this installation ({exc})"
+        ) from None
     adapter: Adapter = getattr(module, class_name)()
     return adapter
 

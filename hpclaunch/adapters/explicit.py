@@ -8,7 +8,6 @@ without talking.
 from __future__ import annotations
 
 import hashlib
-
 from typing import Mapping, Tuple
 
 from hpclaunch.adapters.base import WorldOptions

@@ -1,0 +1,189 @@
+"""The launch plan: what each local worker will be (argv, env, log file, cores). Pure.
+
+``--dry-run`` prints exactly this object and the supervisor consumes exactly this object, so
+what users see in a dry run is what runs. Building it does no I/O: the command is resolved
+and the log timestamp taken by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hpclaunch.errors import UsageError
+from hpclaunch.world import World
+
+
+@dataclass(frozen=True)
+class Command:
+    """The user's command, resolved: what to exec and how the script is named.
+
+    ``mode`` is ``python`` (``python -u script``), ``module`` (``python -u -m module``) or
+    ``exec`` (``--no_python``: the script itself, which must be executable).
+    """
+
+    script: str
+    args: Tuple[str, ...] = ()
+    mode: str = "python"
+    python: str = "python3"
+    pass_local_rank: bool = True
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """One local worker: ranks, the exact argv and the variables hpclaunch sets for it."""
+
+    rank: int
+    local_rank: int
+    argv: Tuple[str, ...]
+    env: Tuple[Tuple[str, str], ...]
+    log_path: Optional[str] = None
+    cpus: Optional[Tuple[int, ...]] = None
+
+    def env_dict(self) -> Dict[str, str]:
+        return dict(self.env)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    adapter: str
+    world: World
+    workers: Tuple[RankSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def host(self) -> str:
+        return self.world.this_host.name
+
+    def to_json(self) -> Dict[str, Any]:
+        """The contract's ``--dry-run`` object (plus extra keys; nothing renamed)."""
+        world = self.world
+        workers: List[Dict[str, Any]] = []
+        for spec in self.workers:
+            item: Dict[str, Any] = {
+                "rank": spec.rank,
+                "local_rank": spec.local_rank,
+                "argv": list(spec.argv),
+                "env": spec.env_dict(),
+            }
+            if spec.log_path is not None:
+                item["log_path"] = spec.log_path
+            if spec.cpus is not None:
+                item["cpus"] = list(spec.cpus)
+            workers.append(item)
+        return {
+            "adapter": self.adapter,
+            "node_rank": world.node_rank,
+            "master_addr": world.master_addr,
+            "master_port": world.master_port,
+            "world_info": world.world_info(),
+            "world_size": world.world_size,
+            "num_nodes": world.num_nodes,
+            "host": self.host,
+            "run_id": world.run_id,
+            "workers": workers,
+        }
+
+
+def worker_argv(command: Command, local_rank: int) -> Tuple[str, ...]:
+    """DeepSpeed's placement: ``--local_rank=N`` right after the script, before its args."""
+    if command.mode == "exec":
+        head: List[str] = [command.script]
+    elif command.mode == "module":
+        head = [command.python, "-u", "-m", command.script]
+    else:
+        head = [command.python, "-u", command.script]
+    if command.pass_local_rank:
+        head.append(f"--local_rank={local_rank}")
+    return tuple(head) + tuple(command.args)
+
+
+def worker_env(world: World, rank: int, local_rank: int) -> Dict[str, str]:
+    """The contract's variables: DeepSpeed's and torchrun's names, so either style works."""
+    env = {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(world.world_size),
+        "LOCAL_WORLD_SIZE": str(world.local_world_size),
+        "MASTER_ADDR": world.master_addr,
+        "MASTER_PORT": str(world.master_port),
+        "CROSS_RANK": str(world.node_rank),
+        "CROSS_SIZE": str(world.num_nodes),
+        "LOCAL_SIZE": str(world.local_world_size),
+        "GROUP_RANK": str(world.node_rank),
+        "GROUP_WORLD_SIZE": str(world.num_nodes),
+        "ROLE_RANK": str(rank),
+        "ROLE_WORLD_SIZE": str(world.world_size),
+        "TORCHELASTIC_RUN_ID": world.run_id,
+    }
+    if world.gpu_slots:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(s) for s in world.this_host.slots)
+    return env
+
+
+def parse_core_list(text: str) -> Tuple[int, ...]:
+    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused."""
+    cores: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UsageError(
+                f"--bind_core_list has a bad part {part!r}: use numbers and ranges like 0-7,16-23"
+            )
+        start, end = int(lo), int(hi) if sep else int(lo)
+        if end < start:
+            raise UsageError(f"--bind_core_list range {part!r} runs backwards: write it low-high")
+        cores.extend(range(start, end + 1))
+    if len(set(cores)) != len(cores):
+        raise UsageError(f"--bind_core_list {text!r} lists a core twice: list each core once")
+    return tuple(cores)
+
+
+def share_cores(cores: Sequence[int], workers: int) -> List[Tuple[int, ...]]:
+    """Even, disjoint, contiguous shares; the remainder is left idle rather than unbalanced."""
+    if workers > len(cores):
+        raise UsageError(
+            f"--bind_cores_to_rank needs at least one core per worker: {workers} workers but "
+            f"{len(cores)} core(s) to share; lower --nproc_per_node or widen --bind_core_list"
+        )
+    per = len(cores) // workers
+    return [tuple(cores[i * per : (i + 1) * per]) for i in range(workers)]
+
+
+def log_file_name(timestamp: str, rank: int) -> str:
+    return f"{timestamp}_rank{rank}.log"
+
+
+def build_plan(
+    adapter: str,
+    world: World,
+    command: Command,
+    log_dir: Optional[str] = None,
+    log_timestamp: str = "",
+    bind_cores: Optional[Sequence[int]] = None,
+) -> LaunchPlan:
+    """Every local worker's spec: ranks by prefix sum, env, argv, log path and cores."""
+    ranks = world.global_ranks()
+    shares = share_cores(bind_cores, len(ranks)) if bind_cores is not None else None
+    specs = []
+    for local_rank, rank in enumerate(ranks):
+        env = worker_env(world, rank, local_rank)
+        cpus = shares[local_rank] if shares is not None else None
+        if cpus is not None:
+            # Without this, every worker's OpenMP/MKL pool sizes itself to the whole
+            # machine and the pinned threads fight over their few cores (DeepSpeed does too).
+            env["OMP_NUM_THREADS"] = str(len(cpus))
+        specs.append(
+            RankSpec(
+                rank=rank,
+                local_rank=local_rank,
+                argv=worker_argv(command, local_rank),
+                env=tuple(env.items()),
+                log_path=(
+                    os.path.join(log_dir, log_file_name(log_timestamp, rank)) if log_dir else None
+                ),
+                cpus=cpus,
+            )
+        )
+    return LaunchPlan(adapter=adapter, world=world, workers=tuple(specs))
