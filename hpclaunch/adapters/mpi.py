@@ -1,0 +1,349 @@
+"""MPI as the source of the world: ``mpirun -npernode 1 hpclaunch train.py ...``.
+
+One launcher per node is one MPI rank. ``detect`` reads the environment only (no mpi4py
+import, so a plain launch never pays for MPI). ``world`` imports mpi4py, and every launcher
+contributes one small record to a single ``allgather``: its hostname, an address the other
+nodes can reach, its GPU ids (found without torch), and, from rank 0 only, a free port and a
+run id. Every launcher then builds the same World from the same list: node order is MPI
+rank order, node_rank is the MPI rank, the master is rank 0's address.
+
+Errors after MPI is initialised must never leave ``mpirun`` waiting for a rank that left.
+Whatever can go wrong on one rank before the exchange (a ``--node_rank`` that contradicts
+the MPI rank, a bad ``--nproc_per_node``, a port that cannot be bound) travels *inside* the
+exchange as text, so every rank sees every problem and raises the same
+:class:`~hpclaunch.errors.AdapterError`: each prints one readable line and exits 2, nobody
+hangs in a collective, and no MPI_Abort banner buries the message. Only a failure of the
+exchange itself is answered with ``MPI_Abort``, the one call that ends every rank whatever
+it is doing.
+
+Why the launcher stays an MPI rank until its workers are done (instead of calling
+``MPI_Finalize`` before spawning): measured with OpenMPI 5.0.11 and MPICH 5.0.2 (see
+``tests/mpi``), a rank that is still inside MPI ends the whole job in well under a second
+under both when it exits non-zero, dies by a signal or calls ``MPI_Abort``; a rank that has
+finalised can exit with any status and the other ranks keep running until they end by
+themselves. A failing worker on one node must end every node quickly, so the launcher keeps
+its MPI connection while its workers run (it makes no MPI call meanwhile) and ends it by its
+exit status in :meth:`MPIAdapter.finish`: ``MPI_Finalize`` on 0, ``MPI_Abort(status)``
+otherwise. Abort rather than "exit without finalising" because the MPI standard defines
+Abort's effect while the other is each implementation's own reaction, and because an exit
+0 without finalising is itself an error (OpenMPI) or ends the job early (MPICH). A launcher
+killed outright (OOM killer) is still an MPI rank dying: the process manager ends the job.
+If nothing calls ``finish``, mpi4py finalises at exit: a success stays a success and only
+the fast spreading of a failure is lost.
+
+Workers stay free to use MPI or not: they are separate processes that never share the
+launcher's MPI state. The descriptors MPI opened in the launcher are made close-on-exec,
+and the launcher's process-manager identity (:func:`is_mpi_identity_var`) must not reach
+them, or a worker's ``MPI_Init`` would claim to be the launcher's rank instead of starting
+its own (singleton) MPI.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import socket
+import sys
+import uuid
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple
+
+from hpclaunch import probe
+from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.local import local_slots
+from hpclaunch.errors import AdapterError, UsageError
+from hpclaunch.world import Host, World
+
+#: Variables that only an MPI process manager sets for a process it started. Any one of them,
+#: non-empty, means "this launcher is an MPI rank". (Slurm's ``srun --mpi=pmi2`` sets PMI_*
+#: too; the Slurm adapter is tried first and describes such a step better.)
+MPI_RANK_VARS: Tuple[str, ...] = (
+    "OMPI_COMM_WORLD_SIZE",  # OpenMPI (all versions)
+    "PMIX_RANK",  # any PMIx launcher: OpenMPI 5 / PRRTE, Slurm --mpi=pmix, ...
+    "PMI_SIZE",  # MPICH Hydra, Intel MPI, MVAPICH, Cray PMI
+    "PMI_RANK",
+    "MPI_LOCALNRANKS",  # MPICH Hydra
+    "MV2_COMM_WORLD_SIZE",  # MVAPICH2 mpirun_rsh
+    "PALS_RANKID",  # HPE Cray PALS (mpiexec on EX systems)
+    "ALPS_APP_PE",  # Cray ALPS (aprun)
+)
+
+#: Prefixes of the variables that tell a process *which* MPI process it is. A worker that
+#: inherits them and calls MPI_Init would connect to the process manager as the launcher.
+#: Tunables (``OMPI_MCA_*``, ``PMIX_MCA_*``, ``PRTE_MCA_*``, ``HYDRA_*``, ``I_MPI_*``) pass.
+MPI_IDENTITY_PREFIXES: Tuple[str, ...] = (
+    "OMPI_COMM_WORLD_",
+    "PMIX_",
+    "PMI_",
+    "MPI_LOCALNRANKS",
+    "MPI_LOCALRANKID",
+    "MV2_COMM_WORLD_",
+    "PALS_",
+    "ALPS_APP_",
+    "OMPI_MCA_ess_base_",  # OpenMPI <= 4: job id and vpid
+    "OMPI_MCA_orte_",  # OpenMPI <= 4: daemon URIs, local rank data
+)
+
+#: Exact names from the same families that carry job identity rather than tuning.
+MPI_IDENTITY_NAMES: Tuple[str, ...] = (
+    "OMPI_UNIVERSE_SIZE",
+    "OMPI_WORLD_SIZE",
+    "OMPI_WORLD_LOCAL_SIZE",
+    "OMPI_NUM_APP_CTX",
+    "OMPI_FIRST_RANKS",
+    "OMPI_APP_CTX_NUM_PROCS",
+    "OMPI_FILE_LOCATION",
+    "OMPI_COMMAND",
+    "OMPI_ARGV",
+    "OMPI_MCA_num_procs",
+    "PRTE_LAUNCHED",
+)
+
+#: User-set tunables that share an identity prefix and must reach workers unchanged.
+_TUNABLE_PREFIXES: Tuple[str, ...] = ("PMIX_MCA_",)
+
+
+def is_mpi_identity_var(name: str) -> bool:
+    """Whether ``name`` is part of an MPI launcher's per-process identity (drop it for workers)."""
+    if name.startswith(_TUNABLE_PREFIXES):
+        return False
+    return name in MPI_IDENTITY_NAMES or name.startswith(MPI_IDENTITY_PREFIXES)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+Record = Dict[str, Any]
+
+
+def is_reachable_address(address: str) -> bool:
+    """Not loopback, link-local or unspecified: an address another node could connect to."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast)
+
+
+def pick_address(resolved: Sequence[str], interfaces: Sequence[str]) -> str:
+    """The address other nodes should use to reach this one.
+
+    The hostname's own resolution wins when it gives a reachable address (that is what the
+    site's DNS or /etc/hosts says this node is); Debian's ``127.0.1.1 hostname`` line is why
+    it may not, and then the first reachable interface address (IPv4 before IPv6) is taken.
+    A machine with loopback only can only be a one-node world: 127.0.0.1 is then right.
+    """
+    for candidates in (resolved, interfaces):
+        reachable = [a for a in candidates if is_reachable_address(a)]
+        ipv4 = [a for a in reachable if ":" not in a]
+        if ipv4 or reachable:
+            return (ipv4 or reachable)[0]
+    return "127.0.0.1"
+
+
+def shared_hosts(hostnames: Sequence[str]) -> Optional[Tuple[str, Tuple[int, ...]]]:
+    """The first host that more than one launcher runs on, with those launchers' MPI ranks."""
+    ranks: Dict[str, List[int]] = {}
+    for rank, name in enumerate(hostnames):
+        ranks.setdefault(name, []).append(rank)
+    for name in hostnames:
+        if len(ranks[name]) > 1:
+            return name, tuple(ranks[name])
+    return None
+
+
+def first_problem(records: Sequence[Record]) -> Optional[str]:
+    """The lowest rank's reported problem, worded for the user (every rank picks the same)."""
+    for rank, record in enumerate(records):
+        if record.get("problem"):
+            return f"on host {record['host']} (MPI rank {rank}): {record['problem']}"
+    return None
+
+
+def misuse_message(host: str, ranks: Sequence[int], size: int) -> str:
+    listed = ", ".join(str(r) for r in ranks[:4]) + (", ..." if len(ranks) > 4 else "")
+    return (
+        f"{len(ranks)} hpclaunch launchers run on host {host} (MPI ranks {listed} of {size}), "
+        "but each launcher starts all of its node's workers: start one launcher per node, "
+        "with 'mpirun -npernode 1' (OpenMPI) or 'mpiexec -ppn 1' (MPICH, Intel MPI)"
+    )
+
+
+def build_world(records: Sequence[Record], mpi_rank: int, options: WorldOptions) -> World:
+    """The World every launcher derives from the same gathered records. Pure.
+
+    Raises :class:`AdapterError` with the same message on every rank, since every rank
+    holds the same records.
+    """
+    problem = first_problem(records)
+    if problem is not None:
+        raise AdapterError(problem)
+    shared = shared_hosts([r["host"] for r in records])
+    if shared is not None:
+        raise AdapterError(misuse_message(shared[0], shared[1], len(records)))
+    hosts = tuple(Host(r["host"], tuple(r["slots"])) for r in records)
+    root = records[0]
+    return World(
+        hosts=hosts,
+        node_rank=mpi_rank,
+        master_addr=options.master_addr or root["address"],
+        master_port=options.master_port or root["master_port"],
+        run_id=root["run_id"],
+        gpu_slots=all(r["gpu_slots"] for r in records),
+    )
+
+
+def local_problem(options: WorldOptions, mpi_rank: int) -> Optional[str]:
+    """What is wrong with this rank's own flags, as text to share (never raised here)."""
+    if options.node_rank is not None and options.node_rank != mpi_rank:
+        return (
+            f"--node_rank {options.node_rank} contradicts this launcher's MPI rank {mpi_rank}: "
+            "under mpirun the node rank is the MPI rank, so drop --node_rank"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- this node (I/O)
+
+
+def resolved_addresses(hostname: str) -> List[str]:
+    try:
+        infos = socket.getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def interface_addresses() -> List[str]:
+    """Addresses of the interfaces that are up, in the kernel's interface order."""
+    import psutil  # a dependency of hpclaunch anyway; imported here to keep detect() cheap
+
+    stats = psutil.net_if_stats()
+    found: List[str] = []
+    for name, addresses in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        found.extend(a.address for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
+    return found
+
+
+def local_record(env: Mapping[str, str], options: WorldOptions, mpi_rank: int) -> Record:
+    """This launcher's contribution to the exchange. Never raises: problems become text."""
+    host = probe.hostname()
+    record: Record = {"host": host, "address": "127.0.0.1", "slots": [0], "gpu_slots": False}
+    try:
+        record["problem"] = local_problem(options, mpi_rank)
+        record["address"] = pick_address(resolved_addresses(host), interface_addresses())
+        gpus, usable = probe.visible_gpus(env)
+        slots, gpu_slots = local_slots(gpus, usable, options.nproc_per_node)
+        record["slots"], record["gpu_slots"] = list(slots), gpu_slots
+        if mpi_rank == 0:
+            record["master_port"] = options.master_port or probe.free_port()
+            record["run_id"] = f"hpclaunch-mpi-{uuid.uuid4().hex[:16]}"
+    except UsageError as exc:
+        record["problem"] = str(exc)
+    except Exception as exc:  # any surprise must still reach the exchange, or peers hang
+        record["problem"] = f"cannot describe this node ({type(exc).__name__}: {exc})"
+    return record
+
+
+def open_fds() -> Set[int]:
+    try:
+        return {int(name) for name in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
+
+
+def close_on_exec(fds: Set[int]) -> None:
+    """Keep MPI's own sockets (and Hydra's PMI_FD) out of the workers' hands."""
+    for fd in fds:
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+        except OSError:
+            pass  # closed meanwhile, or the /proc listing's own descriptor
+
+
+def pmi_fd(env: Mapping[str, str]) -> Set[int]:
+    value = env.get("PMI_FD", "")
+    return {int(value)} if value.isdigit() else set()
+
+
+def import_mpi() -> Any:
+    """Import (and so initialise) mpi4py's MPI, single-threaded: the launcher needs no more."""
+    try:
+        import mpi4py
+    except ImportError:
+        raise AdapterError(
+            "the mpi adapter needs mpi4py in the launcher's Python: pip install mpi4py "
+            "(built against the MPI that runs mpirun)"
+        ) from None
+    mpi4py.rc.threads = False
+    from mpi4py import MPI
+
+    return MPI
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class MPIAdapter:
+    """World from one allgather among the launchers that mpirun started, one per node."""
+
+    name = "mpi"
+
+    def __init__(self) -> None:
+        self._mpi: Any = None
+
+    def detect(self, env: Mapping[str, str]) -> bool:
+        return any(env.get(var) for var in MPI_RANK_VARS)
+
+    def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
+        before = open_fds()
+        mpi = import_mpi()
+        close_on_exec((open_fds() - before) | pmi_fd(env))
+        self._mpi = mpi
+        comm = mpi.COMM_WORLD
+        rank = comm.Get_rank()
+        try:
+            records = comm.allgather(local_record(env, options, rank))
+        except Exception as exc:  # the exchange itself broke: only Abort is sure to end all
+            self._abort(f"the MPI exchange between launchers failed ({exc})", 2)
+        try:
+            return build_world(records, rank, options)
+        except UsageError:
+            # Every rank raises this same error: finalise so each exits 2 cleanly.
+            mpi.Finalize()
+            raise
+
+    def finish(self, status: int) -> None:
+        """End this launcher's MPI rank as its exit status says; call it just before exiting.
+
+        0: ``MPI_Finalize`` (waits for the other launchers' Finalize under some MPIs).
+        Anything else: ``MPI_Abort(status)``, which ends every node's launcher, and with it
+        every node's workers; it does not return.
+        """
+        mpi = self._mpi
+        if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+            return
+        if status == 0:
+            mpi.Finalize()
+            return
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(status if 0 < status < 256 else 1)
+
+    def _abort(self, message: str, status: int) -> NoReturn:
+        sys.stderr.write(f"hpclaunch: error: {message}\n")
+        sys.stderr.flush()
+        self._mpi.COMM_WORLD.Abort(status)
+        raise SystemExit(status)  # not reached: Abort ends this process
+
+
+__all__ = [
+    "MPIAdapter",
+    "MPI_RANK_VARS",
+    "build_world",
+    "is_mpi_identity_var",
+    "local_record",
+    "pick_address",
+    "shared_hosts",
+]
