@@ -1,0 +1,173 @@
+"""Shared test helpers: run the real launcher, synchronise on a FIFO, check for survivors.
+
+With ``CI=true`` a missing dependency (torch, Slurm, MPI) fails the test instead of
+skipping it: a green CI must mean the real thing ran.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "tests" / "bin"
+WORKER = str(BIN / "worker.py")
+ALLREDUCE = str(ROOT / "examples" / "allreduce.py")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally, fail in CI: CI must never pass by skipping the real thing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {what} is missing")
+    pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture(scope="session")
+def torch_available() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        require(False, "torch (pip install torch==2.13.0)")
+
+
+def launcher_cmd(*args: str) -> List[str]:
+    return [sys.executable, "-m", "hpclaunch", *args]
+
+
+def run_launcher(
+    *args: str,
+    env: Optional[Dict[str, str]] = None,
+    timeout: float = 120,
+    cwd: Optional[str] = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        launcher_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_alive(pid: int) -> bool:
+    """True for a running process; a zombie (dead, not yet reaped by init) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def survivors(pids: Iterable[int]) -> List[int]:
+    return [pid for pid in pids if is_alive(pid)]
+
+
+def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> List[int]:
+    """Wait (bounded) for processes already sent SIGKILL by the kernel/watchdog to vanish.
+
+    There is no event for "a process that is not my child died", so this polls /proc
+    with a short interval, but only to confirm an outcome, never to order events.
+    """
+    deadline = time.monotonic() + timeout
+    left = survivors(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = survivors(left)
+    return left
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """Clean up after a failed test: only processes this test started, by PID."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Fifo:
+    """A named pipe workers report to; ``expect`` reads lines with a deadline."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        os.mkfifo(self.path)
+        # O_RDWR: never blocks on open and never reads EOF when writers come and go.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        self.buffer = b""
+        self.lines: List[str] = []
+
+    def expect(self, count: int, timeout: float = 60.0) -> List[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"expected {count} lines on the FIFO, got {self.lines}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    self.buffer += os.read(self.fd, 65536)
+                except BlockingIOError:
+                    continue
+                *done, self.buffer = self.buffer.split(b"\n")
+                self.lines.extend(line.decode() for line in done)
+        taken, self.lines = self.lines[:count], self.lines[count:]
+        return taken
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def fifo(tmp_path: Path):  # type: ignore[no-untyped-def]
+    channel = Fifo(tmp_path / "ready.fifo")
+    yield channel
+    channel.close()
+
+
+def pids_of(lines: Iterable[str], kind: Optional[str] = None) -> List[int]:
+    """PIDs from ``"<kind> <rank> <pid>"`` lines."""
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and (kind is None or parts[0] == kind):
+            out.append(int(parts[2]))
+    return out
+
+
+def start_launcher(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        launcher_cmd(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def error_line(stderr: str) -> str:
+    """The single error line a bad invocation must print, checked for its shape."""
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert lines[0].startswith("hpclaunch: error: "), lines[0]
+    assert "Traceback" not in stderr
+    return lines[0]
