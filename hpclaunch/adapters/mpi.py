@@ -17,19 +17,18 @@ exchange itself is answered with ``MPI_Abort``, the one call that ends every ran
 it is doing.
 
 Why the launcher stays an MPI rank until its workers are done (instead of calling
-``MPI_Finalize`` before spawning): measured with OpenMPI 5.0.11 and MPICH 5.0.2 (see
-``tests/mpi``), a rank that is still inside MPI ends the whole job in well under a second
-under both when it exits non-zero, dies by a signal or calls ``MPI_Abort``; a rank that has
-finalised can exit with any status and the other ranks keep running until they end by
+``MPI_Finalize`` before spawning): measured with OpenMPI 5.0.11 and MPICH 5.0.2 across
+emulated hosts (see ``tests/mpi``), a rank that is still inside MPI and calls ``MPI_Abort``
+or dies by a signal ends every rank of the job in under a second under both; a rank that
+has finalised can exit with any status and the others keep running until they end by
 themselves. A failing worker on one node must end every node quickly, so the launcher keeps
 its MPI connection while its workers run (it makes no MPI call meanwhile) and ends it by its
 exit status in :meth:`MPIAdapter.finish`: ``MPI_Finalize`` on 0, ``MPI_Abort(status)``
-otherwise. Abort rather than "exit without finalising" because the MPI standard defines
-Abort's effect while the other is each implementation's own reaction, and because an exit
-0 without finalising is itself an error (OpenMPI) or ends the job early (MPICH). A launcher
-killed outright (OOM killer) is still an MPI rank dying: the process manager ends the job.
-If nothing calls ``finish``, mpi4py finalises at exit: a success stays a success and only
-the fast spreading of a failure is lost.
+otherwise. Abort, not a bare non-zero exit without finalising: that ends the job under
+OpenMPI but leaves MPICH's mpiexec waiting across hosts, and Abort is what the MPI standard
+defines for "end everything". A launcher killed outright (OOM killer) is still an MPI rank
+dying by a signal, so the job ends too. If nothing calls ``finish``, mpi4py finalises at
+exit: a success stays a success and only the fast spreading of a failure is lost.
 
 Workers stay free to use MPI or not: they are separate processes that never share the
 launcher's MPI state. The descriptors MPI opened in the launcher are made close-on-exec,
@@ -300,7 +299,6 @@ class MPIAdapter:
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         before = open_fds()
         mpi = import_mpi()
-        close_on_exec((open_fds() - before) | pmi_fd(env))
         self._mpi = mpi
         comm = mpi.COMM_WORLD
         rank = comm.Get_rank()
@@ -308,6 +306,8 @@ class MPIAdapter:
             records = comm.allgather(local_record(env, options, rank))
         except Exception as exc:  # the exchange itself broke: only Abort is sure to end all
             self._abort(f"the MPI exchange between launchers failed ({exc})", 2)
+        # After the exchange: MPI opens its connections lazily, on first communication.
+        close_on_exec((open_fds() - before) | pmi_fd(env))
         try:
             return build_world(records, rank, options)
         except UsageError:

@@ -28,6 +28,7 @@ from tests.mpi import emulate
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILER = str(Path(__file__).resolve().parent / "failer.py")
+SINGLETON = str(Path(__file__).resolve().parent / "singleton.py")
 TOKEN_VAR = "HPCL_MPI_TEST_TOKEN"
 
 
