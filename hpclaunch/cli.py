@@ -14,14 +14,14 @@ import os
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from hpclaunch import __version__
 from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions, select
 from hpclaunch.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpclaunch.spawner.plan import Command
+    from hpclaunch.spawner.plan import Command, LaunchPlan
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="write each rank's stdout+stderr to DIR/<timestamp>_rank<R>.log")
     _flag(logs, "--log_level", default="info", help="debug, info, warning, error")
     logs.add_argument("-q", "--quiet", action="store_true", help="same as --log_level error")
+    _flag(logs, "--no_prefix", action="store_true",
+          help="pass workers' console output through raw, without [rank<R>]: prefixes")
+    _flag(logs, "--ranks_filter", default=None,
+          help="show only these ranks' console output, e.g. 0,3 (others are discarded)")
     elastic = parser.add_argument_group("elastic")
     _flag(elastic, "--enable_elastic_training", action="store_true",
           help="run workers under torch's elastic agent")
@@ -174,11 +178,38 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
     if args.log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    if args.ranks_filter is not None:
+        parse_ranks_filter(args.ranks_filter)
     if args.enable_elastic_training:
         raise UsageError(
             "--enable_elastic_training is not available in this version of hpclaunch yet: "
             "run without it (static worlds)"
         )
+
+
+def parse_ranks_filter(text: str) -> frozenset[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--ranks_filter {text!r}: give global ranks like 0,3")
+    return frozenset(int(p) for p in parts)
+
+
+def banner(plan: LaunchPlan, log_dir: Optional[str]) -> str:
+    """One line that says which world this node joined, for the top of a job's log."""
+    world = plan.world
+    ranks = [w.rank for w in plan.workers]
+    span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+    return (
+        f"{plan.adapter} world: node {world.node_rank}/{world.num_nodes} ({plan.host}), "
+        f"{len(ranks)} worker(s), ranks {span} of {world.world_size}, "
+        f"master {world.master_addr}:{world.master_port}, "
+        f"output: {log_dir if log_dir else 'console'}"
+    )
+
+
+def _use_color(stream: TextIO, env: Dict[str, str]) -> bool:
+    """Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
+    return stream.isatty() and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
 
 
 def _make_log(level: int):  # type: ignore[no-untyped-def]
@@ -190,7 +221,7 @@ def _make_log(level: int):  # type: ignore[no-untyped-def]
     return log
 
 
-def _main(argv: Sequence[str]) -> int:
+def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] = None) -> int:
     parser = build_parser()
     launcher_tokens, script, script_args = split_argv(argv, _option_table(parser))
     args = parser.parse_args(launcher_tokens)
@@ -211,6 +242,9 @@ def _main(argv: Sequence[str]) -> int:
         nproc_per_node=args.nproc_per_node,
     )
     adapter = select(env, options, args.adapter)
+    finish = getattr(adapter, "finish", None)
+    if finishers is not None and finish is not None:
+        finishers.append(finish)
     world = adapter.world(env, options)
 
     from hpclaunch.spawner.plan import build_plan, parse_core_list
@@ -247,28 +281,40 @@ def _main(argv: Sequence[str]) -> int:
     from hpclaunch.spawner.report import failure_summary
 
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
+    log = _make_log(level)
     outcome = run(
         plan,
         RunOptions(
             kill_timeout=args.kill_timeout,
             pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
-            log=_make_log(level),
+            log=log,
+            banner=banner(plan, log_dir),
+            prefix_output=not args.no_prefix and world.world_size > 1,
+            ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
         ),
         env,
     )
     if outcome.failure is not None:
-        for line in failure_summary(outcome.failure):
-            sys.stderr.write(line + "\n")
+        lines = failure_summary(outcome.failure)
+        if _use_color(sys.stderr, env):
+            lines[0] = f"\033[1;31m{lines[0]}\033[0m"
+        sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
     return outcome.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    finishers: List[Callable[[int], None]] = []
     try:
-        return _main(sys.argv[1:] if argv is None else list(argv))
+        status = _main(sys.argv[1:] if argv is None else list(argv), finishers)
     except UsageError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"hpclaunch: error: {message}\n")
         sys.stderr.flush()
-        return 2
+        status = 2
+    # An adapter with ``finish`` (MPI) ends its job by the exit status: under mpirun a
+    # non-zero status must abort every node's launcher, not only this one.
+    for finish in finishers:
+        finish(status)
+    return status
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, FrozenSet, Mapping, Optional
 
 from hpclaunch.spawner import files, tree
 from hpclaunch.spawner.plan import LaunchPlan
@@ -24,6 +24,10 @@ class RunOptions:
     kill_timeout: float = 15.0
     pid_file: Optional[str] = None
     log: Callable[[str], None] = lambda message: None
+    prefix_output: bool = True
+    ranks_filter: Optional[FrozenSet[int]] = None
+    #: Logged once everything that could fail on bad input has been prepared.
+    banner: str = ""
 
 
 def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
@@ -44,12 +48,20 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
         tree.load_libc()
         supervisor = Supervisor(
             plan,
-            SupervisorOptions(kill_timeout=options.kill_timeout, tree_token=token, log=options.log),
+            SupervisorOptions(
+                kill_timeout=options.kill_timeout,
+                tree_token=token,
+                log=options.log,
+                prefix_output=options.prefix_output,
+                ranks_filter=options.ranks_filter,
+            ),
             base_env,
             log_fds,
             inbox,
             watchdog,
         )
+        if options.banner:
+            options.log(options.banner)
         supervisor.handle_signals(inbox.drain())  # a signal that came before the first spawn
         supervisor.start_all()
         supervisor.loop()

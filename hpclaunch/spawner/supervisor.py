@@ -20,10 +20,11 @@ import sys
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable, Dict, List, Mapping, Optional, Set
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Set
 
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
+from hpclaunch.spawner.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,6 +42,10 @@ class SupervisorOptions:
     kill_timeout: float = 15.0
     tree_token: str = ""
     log: Callable[[str], None] = lambda message: None
+    #: Console output (when not in per-rank logs): prefix each line with ``[rank<R>]: ``.
+    prefix_output: bool = True
+    #: Only these ranks' console output is shown (None: all).
+    ranks_filter: Optional[FrozenSet[int]] = None
 
 
 def _ignore(signum: int, frame: Optional[FrameType]) -> None:
@@ -82,7 +87,10 @@ class SignalInbox:
 
 
 def spawn_worker(
-    spec: RankSpec, env: Mapping[str, str], log_fd: Optional[int]
+    spec: RankSpec,
+    env: Mapping[str, str],
+    stdout_fd: Optional[int] = None,
+    stderr_fd: Optional[int] = None,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
@@ -113,9 +121,10 @@ def spawn_worker(
                 os._exit(1)
             if spec.cpus is not None:
                 os.sched_setaffinity(0, spec.cpus)
-            if log_fd is not None:
-                os.dup2(log_fd, 1)
-                os.dup2(log_fd, 2)
+            if stdout_fd is not None:
+                os.dup2(stdout_fd, 1)
+            if stderr_fd is not None:
+                os.dup2(stderr_fd, 2)
             os.execve(spec.argv[0], list(spec.argv), dict(env))
         except BaseException as exc:  # noqa: B036 - must never return into the launcher
             try:
@@ -165,6 +174,9 @@ class Supervisor:
         self.fatal_signal: Optional[int] = None
         self.killed: Set[int] = set()
         self.leftovers = 0
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.inbox.read_fd, selectors.EVENT_READ, None)
+        self.relay = OutputRelay(self.selector)
 
     # ------------------------------------------------------------------ spawning
 
@@ -175,14 +187,43 @@ class Supervisor:
             env = dict(self.base_env)
             env.update(spec.env)
             env[tree.TREE_TOKEN_VAR] = self.options.tree_token
-            log_fd = self.log_fds.get(spec.log_path) if spec.log_path else None
-            pid, error = spawn_worker(spec, env, log_fd)
+            pid, error = self.spawn_with_output(spec, env)
             self.no_children = False
             self.live[pid] = spec
             self.watchdog.track(pid)
             if error:
                 self.exec_errors[pid] = error
             self.handle_signals(self.inbox.drain())
+
+    def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
+        """Per-rank log file, else a pipe to the relay, else the console as it is."""
+        if spec.log_path:
+            log_fd = self.log_fds[spec.log_path]
+            return spawn_worker(spec, env, log_fd, log_fd)
+        wanted = self.options.ranks_filter
+        if wanted is not None and spec.rank not in wanted:
+            devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                return spawn_worker(spec, env, devnull, devnull)
+            finally:
+                os.close(devnull)
+        if not self.options.prefix_output:
+            return spawn_worker(spec, env)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            pid, error = spawn_worker(spec, env, out_write, err_write)
+        except BaseException:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        prefix = f"[rank{spec.rank}]: ".encode()
+        self.relay.add(out_read, prefix, 1)
+        self.relay.add(err_read, prefix, 2)
+        return pid, error
 
     # ------------------------------------------------------------------ events
 
@@ -295,15 +336,15 @@ class Supervisor:
         return not self.live and self.no_children
 
     def loop(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.inbox.read_fd, selectors.EVENT_READ)
         try:
             self.reap()
             while not self.finished():
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
-                selector.select(timeout)
+                for key, _ in self.selector.select(timeout):
+                    if key.data is self.relay:
+                        self.relay.on_readable(key.fd)
                 self.handle_signals(self.inbox.drain())
                 if self.finished():
                     break
@@ -317,7 +358,8 @@ class Supervisor:
                         )
                         return
         finally:
-            selector.close()
+            self.relay.drain_all()
+            self.selector.close()
 
     def outcome(self) -> Outcome:
         if self.failure is not None:

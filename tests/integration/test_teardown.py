@@ -135,7 +135,9 @@ def test_second_signal_kills_at_once(fifo: Fifo) -> None:
     pids = pids_of(fifo.expect(2))
     try:
         proc.send_signal(signal.SIGINT)
-        proc.stderr.readline()  # "got SIGINT: stopping ..." : the first signal was handled
+        assert proc.stderr is not None
+        while "got SIGINT" not in proc.stderr.readline():  # the first signal was handled
+            pass
         proc.send_signal(signal.SIGINT)
         rc, _, err = finish(proc, timeout=30)
         assert rc == 128 + signal.SIGINT
