@@ -25,17 +25,19 @@ def main() -> None:
     if args.strip and inherited:
         env = {k: v for k, v in os.environ.items() if not is_mpi_identity_var(k)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    open_fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
-    from mpi4py import MPI
-
     record = {
         "rank": int(os.environ["RANK"]),
-        "mpi_size": MPI.COMM_WORLD.Get_size(),
-        "mpi_rank": MPI.COMM_WORLD.Get_rank(),
         "identity_vars": inherited,
-        "fds_before_mpi": open_fds,
+        "fds_before_mpi": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
     }
-    MPI.Finalize()
+    # With the launcher's identity, MPI_Init would act as the launcher's rank (under
+    # OpenMPI it hangs, waiting for a fence the real rank never joins): report, don't try.
+    if not inherited:
+        from mpi4py import MPI
+
+        record["mpi_size"] = MPI.COMM_WORLD.Get_size()
+        record["mpi_rank"] = MPI.COMM_WORLD.Get_rank()
+        MPI.Finalize()
     path = os.path.join(args.out, f"rank{record['rank']}.json")
     with open(path + ".tmp", "w") as handle:
         json.dump(record, handle)
