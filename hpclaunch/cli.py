@@ -276,6 +276,7 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         sys.stdout.flush()
         return 0
 
+    from hpclaunch.adapters.mpi import is_mpi_identity_var
     from hpclaunch.spawner import RunOptions, run
     from hpclaunch.spawner.files import pid_file_path
     from hpclaunch.spawner.report import failure_summary
@@ -292,7 +293,9 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
             prefix_output=not args.no_prefix and world.world_size > 1,
             ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
         ),
-        env,
+        # Workers are not the processes an MPI launcher started: an inherited PMI/PMIx
+        # identity would make a worker's MPI_Init claim to be this launcher's rank.
+        {k: v for k, v in env.items() if not is_mpi_identity_var(k)},
     )
     if outcome.failure is not None:
         lines = failure_summary(outcome.failure)

@@ -199,10 +199,6 @@ def test_workers_can_start_their_own_mpi(
     assert mpi.leftovers() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the spawner does not drop hpclaunch.adapters.mpi.is_mpi_identity_var names yet",
-)
 def test_workers_do_not_inherit_the_launcher_s_mpi_identity(
     mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
 ) -> None:
