@@ -189,7 +189,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def parse_ranks_filter(text: str) -> frozenset[int]:
     parts = [p.strip() for p in text.split(",")]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all((p.isascii() and p.isdigit()) for p in parts):
         raise UsageError(f"--ranks_filter {text!r}: give global ranks like 0,3")
     return frozenset(int(p) for p in parts)
 

@@ -23,7 +23,7 @@ def parse_gpu_list(value: str) -> Optional[Tuple[int, ...]]:
     ids = []
     for part in value.split(","):
         part = part.strip()
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):
             return None
         ids.append(int(part))
     if len(set(ids)) != len(ids):

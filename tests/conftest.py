@@ -171,3 +171,48 @@ def error_line(stderr: str) -> str:
     assert lines[0].startswith("hpclaunch: error: "), lines[0]
     assert "Traceback" not in stderr
     return lines[0]
+
+
+MARK_VAR = "HPCLAUNCH_TEST_MARK"
+
+
+def marked_env(mark: str, **extra: str) -> Dict[str, str]:
+    """The test's environment plus a unique mark every worker and descendant inherits."""
+    return dict(os.environ, **{MARK_VAR: mark}, **extra)
+
+
+def processes_with_mark(mark: str) -> List[int]:
+    """Live processes (zombies excluded) whose environment carries this test's mark.
+
+    This finds every descendant of a launch, however it detached, without trusting the
+    launcher's own bookkeeping: the independent check of "nothing survived".
+    """
+    needle = f"{MARK_VAR}={mark}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0") and is_alive(int(name)):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_no_marked(mark: str, timeout: float = 10.0) -> List[int]:
+    """Bounded wait for every marked process to be gone (after a kill we did not see)."""
+    deadline = time.monotonic() + timeout
+    left = processes_with_mark(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = processes_with_mark(mark)
+    return left
+
+
+@pytest.fixture
+def mark() -> str:
+    import uuid
+
+    return uuid.uuid4().hex

@@ -264,7 +264,7 @@ def close_on_exec(fds: Set[int]) -> None:
 
 def pmi_fd(env: Mapping[str, str]) -> Set[int]:
     value = env.get("PMI_FD", "")
-    return {int(value)} if value.isdigit() else set()
+    return {int(value)} if (value.isascii() and value.isdigit()) else set()
 
 
 def import_mpi() -> Any:

@@ -65,7 +65,7 @@ def _required(env: Mapping[str, str], name: str, why: str) -> str:
 
 def _int_var(env: Mapping[str, str], name: str, why: str) -> int:
     value = _required(env, name, why)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise AdapterError(f"{name}={value!r} is not a non-negative integer: {why}")
     return int(value)
 
@@ -74,7 +74,7 @@ def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
     value = env.get(name, "").strip()
     if not value:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise AdapterError(f"{name}={value!r} is not a non-negative integer")
     return int(value)
 
@@ -204,7 +204,7 @@ def _gpu_request(value: str, name: str) -> int:
     total = 0
     for part in value.split(","):
         count = part.strip().rsplit(":", 1)[-1]
-        if not count.isdigit():
+        if not (count.isascii() and count.isdigit()):
             raise AdapterError(f"{name}={value!r} is not a GPU count like 2 or a100:2")
         total += int(count)
     return total
@@ -276,7 +276,7 @@ class SlurmAdapter:
         step = step_id(env)
         if step is None:
             return self._shell_world(env, options, job_id)
-        if not step.isdigit():
+        if not (step.isascii() and step.isdigit()):
             raise AdapterError(f"SLURM_STEP_ID={step!r} is not a step number")
         hosts = step_nodes(env)
         check_one_task_per_node(env, len(hosts))

@@ -38,6 +38,7 @@ def main() -> None:
         help="the --exit-rank/--kill-self-rank worker acts on SIGUSR1 only",
     )
     parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--children", type=int, default=0, help="fork this many sleepers")
     parser.add_argument("--print", dest="text")
     args, rest = parser.parse_known_args()
     rank = int(os.environ["RANK"])
@@ -76,6 +77,10 @@ def main() -> None:
         announce(args.ready, f"child {rank} {os.getpid()}")
         while True:
             signal.pause()
+    for _ in range(args.children):
+        if os.fork() == 0:
+            while True:
+                signal.pause()
     acting = rank in (args.exit_rank, args.kill_self_rank)
     if acting and args.wait_go:
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
