@@ -204,3 +204,40 @@ def test_workers_do_not_inherit_the_launcher_s_mpi_identity(
 ) -> None:
     for record in run_singletons(mpi, tmp_path, emulated_hosts[:2]):
         assert record["identity_vars"] == []
+
+
+def test_a_flag_one_node_rejects_is_every_node_s_error(
+    mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
+) -> None:
+    """--node_rank 1 contradicts MPI rank 0 only: still every launcher exits 2, none hangs."""
+    hostfile = mpi.hostfile(tmp_path, emulated_hosts[:2])
+    args = ["--node_rank", "1", "--dry-run", WORKER]
+    done = subprocess.run(
+        mpi.command(hostfile, args), capture_output=True, text=True, timeout=60, env=mpi.env()
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("hpclaunch: error:")]
+    assert len(errors) == 2 and len(set(errors)) == 1, done.stderr
+    assert "MPI rank 0" in errors[0] and "drop --node_rank" in errors[0]
+    assert mpi.leftovers() == []
+
+
+def test_a_launcher_killed_outright_ends_every_node(
+    mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
+) -> None:
+    """An OOM-killed launcher is an MPI rank dying: the runtime ends the other node too."""
+    process, ready, _ = start_failing_job(mpi, tmp_path, emulated_hosts[:2], fail_rank=-1)
+    try:
+        lines = ready.expect(4, timeout=60)
+        launcher_of_rank_3 = int(next(line for line in lines if line.split()[1] == "3").split()[3])
+        started = time.monotonic()
+        os.kill(launcher_of_rank_3, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        stop(process)
+        ready.close()
+    assert process.returncode != 0, stderr
+    assert elapsed < 10, f"mpirun took {elapsed:.1f} s to end after a launcher died"
+    assert mpi.leftovers() == []
