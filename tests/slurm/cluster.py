@@ -113,7 +113,8 @@ class SlurmCluster:
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
+            # cred_expire: a requeued batch job waits this long (default 120 s) to restart.
+            f"AuthInfo=socket={self.munge_socket},cred_expire=5",
             f"StateSaveLocation={self.root / 'state'}",
             f"SlurmdSpoolDir={self.root / 'spool' / '%n'}",
             f"SlurmctldPidFile={self.root / 'run' / 'slurmctld.pid'}",
@@ -128,6 +129,8 @@ class SlurmCluster:
             "MpiDefault=none",
             "SwitchType=switch/none",
             "SchedulerType=sched/builtin",
+            # A requeued job becomes eligible on a periodic pass only (default every 60 s).
+            "SchedulerParameters=sched_interval=1",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "GresTypes=gpu",

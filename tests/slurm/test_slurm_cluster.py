@@ -281,3 +281,40 @@ def test_missing_slurm_fails_in_ci_instead_of_skipping() -> None:
         cwd=ROOT,
     )
     assert result.stdout.strip() == "failed", result.stderr
+
+
+# -- the pre-emption example --------------------------------------------------------------
+
+
+def test_requeue_example_checkpoints_on_usr1_and_resumes(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """scancel --signal=USR1 stands in for --signal=USR1@90: same signal, same route."""
+    ckpt = tmp_path / "ckpt"
+    log = tmp_path / "job.out"
+    hpclaunch = " ".join(shlex.quote(part) for part in launcher())
+    job_id = sbatch(
+        slurm_cluster,
+        f"--output={log}",
+        f"--export=ALL,HPCLAUNCH={hpclaunch},CKPT={ckpt}",
+        str(ROOT / "examples" / "slurm" / "train-requeue.sbatch"),
+        "--steps",
+        "100000",
+        "--step-seconds",
+        "0.01",
+    )
+    try:
+        wait_for_files([ckpt / "started.0"], slurm_cluster, job_id, timeout=120)
+        assert slurm_cluster.run(["scancel", "--signal=USR1", job_id]).returncode == 0
+        # The requeued run (SLURM_RESTART_COUNT=1) starts from the checkpoint.
+        wait_until(lambda: (ckpt / "started.1").exists(), 180, "the requeued run to start")
+        resumed_at = int((ckpt / "started.1").read_text())
+        assert 0 <= resumed_at < 100000
+        wait_until(lambda: "resumed at step" in log.read_text(), 120, "the resume message")
+        text = log.read_text()
+        assert f"resumed at step {resumed_at}" in text
+        assert f"preempted at step {resumed_at} of 100000 (4 ranks)" in text
+        assert "requeueing" in text
+    finally:
+        slurm_cluster.run(["scancel", job_id])
+        slurm_cluster.wait_job_done(job_id, timeout=60)
