@@ -73,8 +73,15 @@ def ensure_hosts_entries(nodes: Sequence[str]) -> None:
 class SlurmCluster:
     """Start with :meth:`start`, stop with :meth:`stop`; ``env`` is for every client call."""
 
-    def __init__(self, root: Path, nodes: int = 3, prefix: str = "hlnode") -> None:
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        prefix: str = "hlnode",
+        extra_env: Optional[Mapping[str, str]] = None,
+    ) -> None:
         self.root = root
+        self.extra_env = dict(extra_env or {})
         self.nodes = [f"{prefix}{i}" for i in range(1, nodes + 1)]
         self.conf = root / "etc" / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.sock"
@@ -84,6 +91,7 @@ class SlurmCluster:
     @property
     def env(self) -> Dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(self.extra_env)
         env["SLURM_CONF"] = str(self.conf)
         return env
 

@@ -52,7 +52,9 @@ def slurm_cluster(
 ) -> Iterator[SlurmCluster]:
     require(os.geteuid() == 0, "the test cluster needs root (slurmd, mknod, /etc/hosts)")
     root = tmp_path_factory.mktemp("slurm")
-    cluster = SlurmCluster(root, nodes=3)
+    # PYTHONPATH: every srun/sbatch task imports the hpclaunch under test, even where an
+    # editable install of another checkout provides the ``hpclaunch`` entry point.
+    cluster = SlurmCluster(root, nodes=3, extra_env={"PYTHONPATH": str(ROOT)})
     try:
         cluster.start()
     except Exception as exc:
