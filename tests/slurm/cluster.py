@@ -17,6 +17,7 @@ forward signals to its own workers itself (Slurm signals only the task's process
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -145,6 +146,9 @@ class SlurmCluster:
             "ReturnToService=2",
             "SlurmdParameters=config_overrides",
             f"KillWait={KILL_WAIT}",
+            # Derived master ports follow job ids: two test clusters running at once on this
+            # machine must not both start at job 1.
+            f"FirstJobId={random.randrange(1000, 10**6)}",
             "MinJobAge=600",
             "InactiveLimit=0",
             "SlurmctldDebug=info",
