@@ -1,0 +1,269 @@
+"""Fault-injection matrix: each case asserts the exit status, the summary and zero survivors.
+
+Survivors are found independently of the launcher: every process of a launch inherits a
+unique ``HPCLAUNCH_TEST_MARK`` from the test, and /proc is scanned for it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    WORKER,
+    Fifo,
+    launcher_cmd,
+    marked_env,
+    processes_with_mark,
+    start_launcher,
+    wait_no_marked,
+)
+
+SH = "/bin/sh"
+
+
+def sh_launch(
+    script: str, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        launcher_cmd(*flags, "--no_local_rank", "--no_python", SH, "-c", script),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def test_every_exit_code_1_to_255_is_the_launchers(mark: str) -> None:
+    env = marked_env(mark)
+    codes = list(range(1, 256))
+    for start in range(0, len(codes), 16):  # 16 launchers at a time
+        batch = [(c, sh_launch(f"exit {c}", "--quiet", env=env)) for c in codes[start : start + 16]]
+        for code, proc in batch:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == code
+            assert f"exited with code {code}".encode() in err
+    assert processes_with_mark(mark) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGTERM])
+def test_worker_killed_by_a_signal(sig: int, mark: str) -> None:
+    proc = sh_launch(f"kill -{int(sig)} $$", "--quiet", env=marked_env(mark))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig
+    assert f"was killed by {signal.Signals(sig).name}".encode() in err
+    assert processes_with_mark(mark) == []
+
+
+@pytest.mark.parametrize("logs", [False, True])
+def test_worker_that_closes_stdout(logs: bool, tmp_path: Path) -> None:
+    flags = ("--enable_each_rank_log", str(tmp_path)) if logs else ()
+    proc = sh_launch("exec >&-; echo still here >&2; exit 0", "--nproc_per_node", "2", *flags)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    if logs:
+        assert all("still here" in p.read_text() for p in tmp_path.glob("*.log"))
+    else:
+        assert err.count(b"still here") == 2
+
+
+@pytest.mark.parametrize("logs", [False, True])
+def test_a_100_mb_flood_arrives_whole(logs: bool, tmp_path: Path) -> None:
+    flood = tmp_path / "flood.py"
+    flood.write_text("import sys\nsys.stdout.buffer.write((b'x' * 99 + b'\\n') * 1_000_000)\n")
+    out_path = tmp_path / "launcher.out"
+    log_dir = tmp_path / "logs"
+    flags = ["--enable_each_rank_log", str(log_dir)] if logs else []
+    with open(out_path, "wb") as out:
+        proc = subprocess.run(
+            launcher_cmd("--nproc_per_node", "2", *flags, "--no_local_rank", str(flood)),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr
+    if logs:
+        sizes = sorted(p.stat().st_size for p in log_dir.glob("*.log"))
+        assert sizes == [100_000_000, 100_000_000]
+    else:
+        with open(out_path, "rb") as handle:
+            counts = {b"[rank0]: ": 0, b"[rank1]: ": 0}
+            for line in handle:
+                assert len(line) == 109 and line.endswith(b"x" * 99 + b"\n"), line[:40]
+                counts[line[:9]] += 1
+        assert counts == {b"[rank0]: ": 1_000_000, b"[rank1]: ": 1_000_000}
+
+
+def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path) -> None:
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        script = tmp_path / "chatty.py"
+        script.write_text("import sys\nfor i in range(100000):\n    print('y' * 100)\n")
+        result = subprocess.run(
+            launcher_cmd("--enable_each_rank_log", str(disk), "--no_local_rank", str(script)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "worker failed: rank 0" in result.stderr
+        assert "Traceback" not in result.stderr.split("last")[0]  # the launcher's own lines
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_sigterm_while_spawning_many_workers(mark: str, tmp_path: Path) -> None:
+    fifo = Fifo(tmp_path / "f")
+    proc = start_launcher(
+        "--nproc_per_node", "64", WORKER, "--ready", fifo.path, "--hang", env=marked_env(mark)
+    )
+    fifo.expect(1)  # the first worker runs; the launcher is most likely still spawning
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    fifo.close()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert wait_no_marked(mark) == []
+
+
+def test_sigterm_twice_during_teardown(mark: str, fifo: Fifo) -> None:
+    proc = start_launcher(
+        "--nproc_per_node",
+        "2",
+        "--kill_timeout",
+        "600",
+        WORKER,
+        "--ready",
+        fifo.path,
+        "--hang",
+        "--ignore-term",
+        "--children",
+        "3",
+        env=marked_env(mark),
+    )
+    fifo.expect(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stderr is not None
+    while "got SIGTERM" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert processes_with_mark(mark) == []
+
+
+@pytest.mark.parametrize("phase", ["spawning", "running", "teardown"])
+def test_kill_9_of_the_launcher_in_each_phase(phase: str, mark: str, fifo: Fifo) -> None:
+    workers = "64" if phase == "spawning" else "2"
+    proc = start_launcher(
+        "--nproc_per_node",
+        workers,
+        "--kill_timeout",
+        "600",
+        WORKER,
+        "--ready",
+        fifo.path,
+        "--hang",
+        "--ignore-term",
+        "--daemon",
+        "--children",
+        "2",
+        env=marked_env(mark),
+    )
+    fifo.expect(1 if phase == "spawning" else 4)
+    if phase == "teardown":
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        while "got SIGTERM" not in proc.stderr.readline():
+            pass
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert wait_no_marked(mark) == []
+
+
+def test_a_worker_that_forks_100_children(mark: str, fifo: Fifo) -> None:
+    proc = start_launcher(
+        "--nproc_per_node",
+        "2",
+        WORKER,
+        "--ready",
+        fifo.path,
+        "--hang",
+        "--children",
+        "100",
+        "--wait-go",
+        "--exit-rank",
+        "1",
+        "--code",
+        "5",
+        env=marked_env(mark),
+    )
+    lines = fifo.expect(2)
+    assert len(processes_with_mark(mark)) >= 202
+    pid = next(int(line.split()[2]) for line in lines if line.startswith("worker 1 "))
+    os.kill(pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 5
+    assert "rank 1" in err
+    assert processes_with_mark(mark) == []
+
+
+def test_256_trivial_workers(mark: str) -> None:
+    result = subprocess.run(
+        launcher_cmd("--nproc_per_node", "256", "--no_local_rank", "--no_python", "/bin/true"),
+        capture_output=True,
+        env=marked_env(mark),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert processes_with_mark(mark) == []
+
+
+def test_256_sleeping_workers_start_and_stop_without_fd_leaks(mark: str, fifo: Fifo) -> None:
+    proc = start_launcher(
+        "--nproc_per_node", "256", WORKER, "--ready", fifo.path, "--hang", env=marked_env(mark)
+    )
+    fifo.expect(256, timeout=300)
+    fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+    assert fds <= 2 * 256 + 16  # two console pipes per worker, and a handful of its own
+    zombies = [
+        p
+        for p in processes_with_mark(mark)
+        if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    ]
+    assert zombies == []
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert processes_with_mark(mark) == []
+
+
+def test_500_back_to_back_launches_leave_nothing(mark: str, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = marked_env(mark, TMPDIR=str(tmp))
+    for i in range(500):
+        result = subprocess.run(
+            launcher_cmd(
+                "--quiet",
+                "--save_pid",
+                str(100000 + i),
+                "--no_local_rank",
+                "--no_python",
+                "/bin/true",
+            ),
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp) == []
+    assert processes_with_mark(mark) == []
