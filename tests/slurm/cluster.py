@@ -256,8 +256,27 @@ class SlurmCluster:
 
     # -- tear-down --------------------------------------------------------------------------
 
+    def cancel_all_jobs(self, timeout: float = 30.0) -> None:
+        """Cancel this cluster's jobs (a failed test may leave one), so no step outlives slurmd."""
+        listed = self.run(["squeue", "-h", "-o", "%A"], timeout=timeout)
+        jobs = listed.stdout.split()
+        if listed.returncode != 0 or not jobs:
+            return
+        self.run(["scancel", *jobs], timeout=timeout)
+        try:
+            wait_until(
+                lambda: not self.run(["squeue", "-h", "-o", "%A"]).stdout.strip(),
+                timeout,
+                "the test cluster's jobs to end",
+                interval=0.2,
+            )
+        except TimeoutError:
+            pass  # stop() goes on: the daemons must not outlive the session either
+
     def stop(self, timeout: float = 20.0) -> None:
         """TERM exactly the daemons started here, newest first; KILL what outlives ``timeout``."""
+        if self._procs.get("slurmctld") is not None and self._procs["slurmctld"].poll() is None:
+            self.cancel_all_jobs()
         for name in reversed(list(self._procs)):
             proc = self._procs[name]
             if proc.poll() is None:

@@ -318,3 +318,36 @@ def test_requeue_example_checkpoints_on_usr1_and_resumes(
     finally:
         slurm_cluster.run(["scancel", job_id])
         slurm_cluster.wait_job_done(job_id, timeout=60)
+
+
+def test_uneven_gpu_total_fails_on_every_node_and_nproc_fixes_it(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """sbatch -N2 --gpus=3: Slurm gives one node 2 GPUs and the other 1, telling neither."""
+    dry_run = " ".join(shlex.quote(c) for c in [*launcher(), "--dry-run", ALLREDUCE])
+    fixed = dry_run.replace("--dry-run", "--dry-run --nproc_per_node 1")
+    script = tmp_path / "uneven.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"srun --output={tmp_path}/bad.%t.out --error={tmp_path}/bad.%t.err {dry_run}\n"
+        f"echo $? > {tmp_path}/bad.rc\n"
+        f"srun --output={tmp_path}/good.%t.json {fixed}\n"
+        f"echo $? > {tmp_path}/good.rc\n"
+    )
+    job_id = sbatch(
+        slurm_cluster,
+        "-N2",
+        "--ntasks-per-node=1",
+        "--gpus=3",
+        f"--output={tmp_path}/job.out",
+        str(script),
+    )
+    slurm_cluster.wait_job_done(job_id)
+    assert int((tmp_path / "bad.rc").read_text()) != 0
+    for task in range(2):
+        err = (tmp_path / f"bad.{task}.err").read_text().strip()
+        assert err.startswith("hpclaunch: error:") and "--gpus-per-node" in err, err
+        assert not (tmp_path / f"bad.{task}.out").read_text().strip()
+    assert int((tmp_path / "good.rc").read_text()) == 0
+    plans = [json.loads((tmp_path / f"good.{task}.json").read_text()) for task in range(2)]
+    assert [p["world_size"] for p in plans] == [2, 2]
