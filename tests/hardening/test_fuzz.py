@@ -16,14 +16,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hpclaunch import cli
-from hpclaunch.adapters.local import LocalAdapter
 from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.local import LocalAdapter
 from hpclaunch.errors import UsageError
 from hpclaunch.probe import parse_gpu_list
 from tests.conftest import WORKER
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
@@ -40,10 +41,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False)
     | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -73,10 +78,22 @@ def test_world_info_raw_text_fuzz(capsys: pytest.CaptureFixture[str], text: str)
 
 
 @FUZZ
-@given(st.text(max_size=12), st.sampled_from(["--master_port", "--node_rank", "--nproc_per_node",
-                                              "--kill_timeout", "--save_pid",
-                                              "--bind_core_list", "--ranks_filter",
-                                              "--log_level", "--adapter"]))
+@given(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "--master_port",
+            "--node_rank",
+            "--nproc_per_node",
+            "--kill_timeout",
+            "--save_pid",
+            "--bind_core_list",
+            "--ranks_filter",
+            "--log_level",
+            "--adapter",
+        ]
+    ),
+)
 @example("1e9", "--master_port")
 @example("nan", "--kill_timeout")
 @example("inf", "--kill_timeout")
@@ -84,8 +101,9 @@ def test_flag_values_fuzz(capsys: pytest.CaptureFixture[str], value: str, flag: 
     if "\x00" in value:
         value = value.replace("\x00", "")
     extra = ["--bind_cores_to_rank"] if flag == "--bind_core_list" else []
-    run_cli(capsys, *extra, f"{flag}={value}", "--adapter", "local") if flag != "--adapter" \
-        else run_cli(capsys, f"{flag}={value}")
+    run_cli(
+        capsys, *extra, f"{flag}={value}", "--adapter", "local"
+    ) if flag != "--adapter" else run_cli(capsys, f"{flag}={value}")
 
 
 @given(st.text(max_size=30))
