@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import pytest
 
@@ -82,18 +82,35 @@ def survivors(pids: Iterable[int]) -> List[int]:
     return [pid for pid in pids if is_alive(pid)]
 
 
-def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> List[int]:
-    """Wait (bounded) for processes already sent SIGKILL by the kernel/watchdog to vanish.
+def wait_until_empty(find: Callable[[], List[int]], timeout: float = 10.0) -> List[int]:
+    """Bounded wait for ``find()`` to come back empty; returns what is still there.
 
     There is no event for "a process that is not my child died", so this polls /proc
     with a short interval, but only to confirm an outcome, never to order events.
     """
     deadline = time.monotonic() + timeout
-    left = survivors(pids)
+    left = find()
     while left and time.monotonic() < deadline:
         time.sleep(0.02)
-        left = survivors(left)
+        left = find()
     return left
+
+
+def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> List[int]:
+    """Wait for processes already sent SIGKILL by the kernel/watchdog to vanish."""
+    return wait_until_empty(lambda: survivors(pids), timeout)
+
+
+def signal_and_await_ack(proc: subprocess.Popen[str], sig: int) -> None:
+    """Send ``sig`` to the launcher and read its stderr until it says it got it."""
+    proc.send_signal(sig)
+    assert proc.stderr is not None
+    name = signal.Signals(sig).name
+    while True:
+        line = proc.stderr.readline()
+        assert line, f"the launcher never acknowledged {name}"
+        if f"got {name}" in line:
+            return
 
 
 def kill_all(pids: Iterable[int]) -> None:
@@ -203,12 +220,7 @@ def processes_with_mark(mark: str) -> List[int]:
 
 def wait_no_marked(mark: str, timeout: float = 10.0) -> List[int]:
     """Bounded wait for every marked process to be gone (after a kill we did not see)."""
-    deadline = time.monotonic() + timeout
-    left = processes_with_mark(mark)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = processes_with_mark(mark)
-    return left
+    return wait_until_empty(lambda: processes_with_mark(mark), timeout)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.conftest import (
     launcher_cmd,
     marked_env,
     processes_with_mark,
+    signal_and_await_ack,
     start_launcher,
     wait_no_marked,
 )
@@ -150,10 +151,7 @@ def test_sigterm_twice_during_teardown(mark: str, fifo: Fifo) -> None:
         env=marked_env(mark),
     )
     fifo.expect(2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.stderr is not None
-    while "got SIGTERM" not in proc.stderr.readline():
-        pass
+    signal_and_await_ack(proc, signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -180,10 +178,7 @@ def test_kill_9_of_the_launcher_in_each_phase(phase: str, mark: str, fifo: Fifo)
     )
     fifo.expect(1 if phase == "spawning" else 4)
     if phase == "teardown":
-        proc.send_signal(signal.SIGTERM)
-        assert proc.stderr is not None
-        while "got SIGTERM" not in proc.stderr.readline():
-            pass
+        signal_and_await_ack(proc, signal.SIGTERM)
     proc.kill()
     proc.communicate(timeout=60)
     assert wait_no_marked(mark) == []

@@ -20,6 +20,7 @@ from tests.conftest import (
     Fifo,
     kill_all,
     pids_of,
+    signal_and_await_ack,
     start_launcher,
     survivors,
     wait_gone,
@@ -134,10 +135,7 @@ def test_second_signal_kills_at_once(fifo: Fifo) -> None:
     proc = launch(fifo, 2, "--hang", "--ignore-term", launcher_flags=("--kill_timeout", "600"))
     pids = pids_of(fifo.expect(2))
     try:
-        proc.send_signal(signal.SIGINT)
-        assert proc.stderr is not None
-        while "got SIGINT" not in proc.stderr.readline():  # the first signal was handled
-            pass
+        signal_and_await_ack(proc, signal.SIGINT)
         proc.send_signal(signal.SIGINT)
         rc, _, err = finish(proc, timeout=30)
         assert rc == 128 + signal.SIGINT
