@@ -58,10 +58,7 @@ def select(env: Mapping[str, str], options: WorldOptions, forced: Optional[str] 
     for name in ADAPTERS:
         if name == "explicit":
             continue
-        try:
-            adapter = load(name)
-        except UsageError:
-            continue  # not built yet / not installed: cannot be what launched us
+        adapter = load(name)
         if adapter.detect(env):
             return adapter
     return load("local")

@@ -30,6 +30,9 @@ from hpclaunch.spawner.report import Outcome, WorkerFailure
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+#: Python ignores these at start-up and an ignored disposition survives exec: without a
+#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
@@ -112,7 +115,7 @@ def spawn_worker(
         try:
             os.close(err_read)
             signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS:
+            for sig in HANDLED_SIGNALS + RESTORED_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.setsid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def test_python_is_this_interpreter_unbuffered(tmp_path: Path) -> None:
     result = run_launcher("--dry-run", WORKER)
     argv = json.loads(result.stdout)["workers"][0]["argv"]
     assert argv[:2] == [sys.executable, "-u"]
+
+
+def test_workers_start_with_default_signal_dispositions() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; a worker must not inherit that, nor a blocked mask.
+
+    The worker is grep, not Python, since Python would ignore SIGPIPE again by itself.
+    """
+    result = run_launcher("--no_local_rank", "--no_python", "grep", "-E", "^Sig(Ign|Blk)",
+                          "/proc/self/status")
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":") for line in result.stdout.splitlines())
+    ignored, blocked = int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0
+    assert ignored & (1 << (signal.SIGXFSZ - 1)) == 0
+    assert blocked == 0
+
+
+def test_exec_failure_is_reported_as_a_worker_failure(tmp_path: Path) -> None:
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    result = run_launcher("--no_python", str(script))
+    assert result.returncode == 127
+    assert "cannot start" in result.stderr and "rank 0" in result.stderr
