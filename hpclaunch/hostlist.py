@@ -38,10 +38,11 @@ MAX_HOSTS = 1 << 20
 #: Separators between hostlist tokens outside brackets, as in Slurm.
 _SEPARATORS = frozenset(",\t ")
 
-_COUNT_ITEM = re.compile(r"(\d+)(?:\(x(\d+)\))?")
+_COUNT_ITEM = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?")
 
 #: One numeric range inside brackets: ``7``, ``01-10``, or ``3-`` (Slurm reads it as ``3``).
-_RANGE_ITEM = re.compile(r"(\d+)(?:-(\d*))?")
+#: ASCII digits only: ``\d`` would take other scripts' digits, which Slurm refuses.
+_RANGE_ITEM = re.compile(r"([0-9]+)(?:-([0-9]*))?")
 
 _Range = Tuple[int, int, int]  # low, high, zero-padding width
 

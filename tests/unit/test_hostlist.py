@@ -79,6 +79,8 @@ BAD = [
     ("n[1x2]", "1x2"),
     ("n[1-2-3]", "1-2-3"),
     ("n[+1]", "+1"),
+    ("n[\u0663]", "\u0663"),  # ARABIC-INDIC DIGIT THREE: a digit to str.isdigit, not to Slurm
+    ("n[1-\u00b9]", "1-\u00b9"),
     ("n[ 1]", " 1"),
     ("n[1", "n[1"),
     ("n1]", "n1]"),
@@ -198,7 +200,15 @@ def test_parse_counts(text: str, counts: List[int]) -> None:
 
 @pytest.mark.parametrize(
     "text, part",
-    [("", ""), ("2(x)", "2(x)"), ("x", "x"), ("2(x0)", "2(x0)"), ("1,,2", ""), ("-1", "-1")],
+    [
+        ("", ""),
+        ("2(x)", "2(x)"),
+        ("x", "x"),
+        ("2(x0)", "2(x0)"),
+        ("1,,2", ""),
+        ("-1", "-1"),
+        ("\u0663", "\u0663"),
+    ],
 )
 def test_bad_counts_raise_with_the_offending_part(text: str, part: str) -> None:
     with pytest.raises(HostlistError) as info:
