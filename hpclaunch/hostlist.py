@@ -15,7 +15,8 @@ for a launcher, and what a naive expander gets wrong:
 
 Where Slurm is lax in ways no Slurm-generated variable ever uses (unbalanced brackets, signs or
 spaces inside brackets, a stray ``]``) this module refuses with :class:`HostlistError`, which
-keeps the offending part so the message can point at it.
+keeps the offending part so the message can point at it. Numbers beyond 64 bits, which Slurm
+clamps to 18446744073709551615, are kept as written.
 
 Expansion is linear in the output: a 10,000-node list takes milliseconds.
 """
