@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(elastic, "--min_elastic_nodes", type=int, default=-1)
     _flag(elastic, "--max_elastic_nodes", type=int, default=-1)
     _flag(elastic, "--max_restarts", type=int, default=None)
+    _flag(elastic, "--rdzv_conf", default=None,
+          help="c10d rendezvous settings, e.g. last_call_timeout=5,join_timeout=600")
     return parser
 
 
@@ -180,11 +182,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     if args.ranks_filter is not None:
         parse_ranks_filter(args.ranks_filter)
-    if args.enable_elastic_training:
-        raise UsageError(
-            "--enable_elastic_training is not available in this version of hpclaunch yet: "
-            "run without it (static worlds)"
-        )
 
 
 def parse_ranks_filter(text: str) -> frozenset[int]:
@@ -272,7 +269,12 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         bind_cores=bind,
     )
     if args.dry_run:
-        sys.stdout.write(json.dumps(plan.to_json()) + "\n")
+        shown = plan.to_json()
+        if args.enable_elastic_training:
+            from hpclaunch.spawner import elastic
+
+            shown["elastic"] = elastic.describe(plan, elastic.options_from_args(args, command))
+        sys.stdout.write(json.dumps(shown) + "\n")
         sys.stdout.flush()
         return 0
 
@@ -283,7 +285,14 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
 
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
     log = _make_log(level)
-    outcome = run(
+    from hpclaunch.spawner import elastic
+
+    launch = (
+        elastic.runner(elastic.options_from_args(args, command))
+        if args.enable_elastic_training
+        else run
+    )
+    outcome = launch(
         plan,
         RunOptions(
             kill_timeout=args.kill_timeout,

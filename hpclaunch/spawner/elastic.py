@@ -1,0 +1,767 @@
+"""Elastic mode: this node's workers under torch's elastic agent, through its public API only.
+
+Three processes share the work:
+
+* The **launcher** (:func:`run_elastic`) keeps every guarantee of static mode: signal
+  handling through the wakeup fd, the subreaper, the watchdog, the PID file and the exit
+  status. It never imports torch.
+* One forked child, the **agent**, imports torch and calls
+  ``torch.distributed.launcher.api.elastic_launch(LaunchConfig(...), python)`` with a c10d
+  rendezvous at ``master_addr:master_port`` and the world's run id. Nothing private of torch
+  is touched (DeepSpeed's elastic mode broke on torch 2.13 by subclassing the agent).
+* Each **worker** starts as :mod:`hpclaunch.spawner.elastic_worker`, which arms pdeathsig,
+  adds the contract's variables the agent does not set, opens the per-rank log and binds
+  cores, then ``exec``s the user's command in place.
+
+Why the agent is a child and not a call in the launcher: torch installs handlers that
+*raise* ``SignalException`` from wherever the main thread is, and only once workers start,
+so a signal during rendezvous would kill an in-process launcher with no cleanup; torch's
+import (seconds) and its threads stay out of the process that must survive to clean up; and
+the agent's exit tells the launcher that torch's own TERM -> KILL teardown has finished.
+The agent runs in its own session, so a terminal's Ctrl-C (or Slurm's signal to the task's
+process group) reaches the launcher only, which then asks the agent exactly once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import secrets
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from hpclaunch.errors import SpawnError, UsageError
+from hpclaunch.spawner import files, tree
+from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
+from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.supervisor import (
+    FATAL_SIGNALS,
+    FORWARDED_SIGNALS,
+    HANDLED_SIGNALS,
+    KILL_WAIT_SECONDS,
+    SignalInbox,
+)
+from hpclaunch.world import World
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner import RunOptions
+
+#: torch's default when ``--max_restarts`` is not given in elastic mode (as torchrun's 0 is
+#: not: a job that cannot restart gains nothing from the agent).
+DEFAULT_MAX_RESTARTS = 3
+
+#: Variables torch's agent sets for each worker after each rendezvous; the plan's static
+#: values for them would be wrong as soon as the world changes.
+AGENT_VARS = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+})
+#: Contract variables elastic_worker.py derives from the agent's (see DERIVED there).
+DERIVED_VARS = frozenset({"CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"})
+
+#: c10d rendezvous settings ``--rdzv_conf`` may set (torch ignores unknown keys silently,
+#: so a typo would be lost; we refuse it instead). All are seconds or counts, but is_host.
+RENDEZVOUS_KEYS = (
+    "join_timeout", "last_call_timeout", "close_timeout", "heartbeat_timeout",
+    "keep_alive_interval", "keep_alive_max_attempt", "read_timeout", "is_host",
+)
+
+#: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
+#: the workers and exit before the launcher kills everything itself.
+AGENT_GRACE_SECONDS = 2.0
+
+WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
+
+
+@dataclass(frozen=True)
+class ElasticOptions:
+    """What elastic mode adds to a plan. ``-1`` node bounds mean the world's node count.
+
+    ``rendezvous_conf`` is ``--rdzv_conf`` as given (``key=value,...``), validated by
+    :func:`parse_rendezvous_conf`.
+    """
+
+    command: Command
+    min_nodes: int = -1
+    max_nodes: int = -1
+    max_restarts: Optional[int] = None
+    rendezvous_conf: Optional[str] = None
+    kill_timeout: float = 15.0
+    pid_file: Optional[str] = None
+    log: Callable[[str], None] = lambda message: None
+    debug: bool = False
+    #: Logged once everything that could fail on bad input has been prepared.
+    banner: str = ""
+
+    @property
+    def restarts(self) -> int:
+        return DEFAULT_MAX_RESTARTS if self.max_restarts is None else self.max_restarts
+
+
+@dataclass(frozen=True)
+class ElasticSetup:
+    """Everything the agent needs, validated before anything is spawned."""
+
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int
+    endpoint: str
+    rendezvous_conf: Dict[str, str]
+    argv: Tuple[str, ...]  # the worker command, ``${local_rank}`` where the rank goes
+    nproc_per_node: int
+    shutdown_timeout: int  # torch's TERM -> KILL wait for workers: --kill_timeout, rounded up
+
+
+def options_from_args(args: Any, command: Command) -> ElasticOptions:
+    """ElasticOptions from the CLI's parsed flags (``--min_elastic_nodes`` etc.)."""
+    return ElasticOptions(
+        command=command,
+        min_nodes=args.min_elastic_nodes,
+        max_nodes=args.max_elastic_nodes,
+        max_restarts=args.max_restarts,
+        rendezvous_conf=args.rdzv_conf,
+        debug=not args.quiet and args.log_level.lower() == "debug",
+    )
+
+
+def runner(
+    elastic: ElasticOptions,
+) -> Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome]:
+    """A drop-in for :func:`hpclaunch.spawner.run` that runs the plan in elastic mode.
+
+    Kill timeout, PID file and logging come from the RunOptions as in static mode. Worker
+    output is not rank-prefixed or filtered here (``prefix_output``, ``ranks_filter``): the
+    agent's workers write straight to the console, or to their per-rank logs.
+    """
+
+    def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
+        merged = replace(
+            elastic,
+            kill_timeout=options.kill_timeout,
+            pid_file=options.pid_file,
+            log=options.log,
+            banner=options.banner,
+        )
+        return run_elastic(plan, merged, base_env)
+
+    return run
+
+
+def node_bounds(world: World, min_nodes: int, max_nodes: int) -> Tuple[int, int]:
+    """Resolve ``-1`` to the world's node count and check ``1 <= min <= max``."""
+    lo = world.num_nodes if min_nodes == -1 else min_nodes
+    hi = world.num_nodes if max_nodes == -1 else max_nodes
+    if lo < 1:
+        raise UsageError(
+            f"--min_elastic_nodes {min_nodes} must be at least 1 "
+            f"(or -1 for the world's {world.num_nodes} node(s))"
+        )
+    if hi < lo:
+        raise UsageError(
+            f"--max_elastic_nodes ({hi}{' = the world size' if max_nodes == -1 else ''}) is "
+            f"below --min_elastic_nodes ({lo}): pass --max_elastic_nodes >= {lo}"
+        )
+    return lo, hi
+
+
+def parse_rendezvous_conf(text: Optional[str]) -> Dict[str, str]:
+    """``"last_call_timeout=5,join_timeout=60"`` -> dict; unknown keys and bad values refused."""
+    conf: Dict[str, str] = {}
+    if not text or text == "None":
+        return conf
+    for part in text.split(","):
+        key, eq, value = (s.strip() for s in part.partition("="))
+        if not eq or key not in RENDEZVOUS_KEYS:
+            raise UsageError(
+                f"--rdzv_conf has a bad part {part!r}: use key=value pairs with keys from "
+                f"{', '.join(RENDEZVOUS_KEYS)}"
+            )
+        if key == "is_host":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UsageError(f"--rdzv_conf is_host={value!r}: use true or false")
+        elif not (value.isascii() and value.isdigit()) or int(value) == 0:
+            raise UsageError(f"--rdzv_conf {key}={value!r}: use a whole number of seconds > 0")
+        conf[key] = value
+    return conf
+
+
+def worker_argv_template(command: Command) -> Tuple[str, ...]:
+    """The worker command for torch's agent: ``--local_rank=${local_rank}`` via its macro.
+
+    The agent runs ``string.Template.safe_substitute`` over *every* argument, which would
+    turn a user's ``$$`` into ``$``; so every ``$`` is doubled first, and only our own
+    ``${local_rank}`` is left for torch to fill in.
+    """
+    first, second = worker_argv(command, 0), worker_argv(command, 1)
+    out = []
+    for a, b in zip(first, second):
+        if a != b:  # the one place the local rank goes (only if --local_rank is passed)
+            out.append("--local_rank=${local_rank}")
+        else:
+            out.append(a.replace("$", "$$"))
+    return tuple(out)
+
+
+def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
+    """Validate the options against the plan: raises UsageError, spawns nothing."""
+    world = plan.world
+    lo, hi = node_bounds(world, options.min_nodes, options.max_nodes)
+    if options.restarts < 0:
+        raise UsageError(f"--max_restarts {options.restarts} must be >= 0")
+    conf = parse_rendezvous_conf(options.rendezvous_conf)
+    # The node with rank 0 hosts the rendezvous store, as it hosts rank 0 in static mode;
+    # torch's own guess (does master_addr name this machine?) fails behind NAT or aliases.
+    conf.setdefault("is_host", "true" if world.node_rank == 0 else "false")
+    addr = world.master_addr
+    host = f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+    return ElasticSetup(
+        min_nodes=lo,
+        max_nodes=hi,
+        max_restarts=options.restarts,
+        endpoint=f"{host}:{world.master_port}",
+        rendezvous_conf=conf,
+        argv=worker_argv_template(options.command),
+        nproc_per_node=len(plan.workers),
+        shutdown_timeout=int(math.ceil(options.kill_timeout)),
+    )
+
+
+def describe(plan: LaunchPlan, options: ElasticOptions) -> Dict[str, Any]:
+    """The ``elastic`` key of ``--dry-run``: what the agent will be given."""
+    setup = elastic_setup(plan, options)
+    return {
+        "min_nodes": setup.min_nodes,
+        "max_nodes": setup.max_nodes,
+        "max_restarts": setup.max_restarts,
+        "rendezvous": {
+            "backend": "c10d",
+            "endpoint": setup.endpoint,
+            "run_id": plan.world.run_id,
+            "conf": setup.rendezvous_conf,
+        },
+        "nproc_per_node": setup.nproc_per_node,
+        "worker_argv": list(setup.argv),
+        "agent_sets": sorted(AGENT_VARS | {"TORCHELASTIC_RESTART_COUNT"}),
+    }
+
+
+def _worker_config(plan: LaunchPlan, agent_pid: int) -> str:
+    """elastic_worker.py's JSON: per local rank the plan's fixed variables and cores."""
+    ranks = []
+    for spec in plan.workers:
+        env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
+        ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None})
+    log_dir, timestamp = _log_naming(plan)
+    return json.dumps(
+        {"agent": agent_pid, "ranks": ranks, "log_dir": log_dir, "log_timestamp": timestamp},
+        separators=(",", ":"),
+    )
+
+
+def _log_naming(plan: LaunchPlan) -> Tuple[Optional[str], str]:
+    """(log dir, timestamp) as the plan chose them for static mode, or (None, "")."""
+    for spec in plan.workers:
+        if spec.log_path is None:
+            continue
+        directory, name = os.path.split(spec.log_path)
+        suffix = log_file_name("", spec.rank)
+        if name.endswith(suffix):
+            return directory, name[: -len(suffix)]
+    return None, ""
+
+
+def log_path_for(plan: LaunchPlan, rank: int) -> Optional[str]:
+    """Where the worker with global rank ``rank`` writes its log (elastic ranks vary)."""
+    directory, timestamp = _log_naming(plan)
+    if directory is None:
+        return None
+    return os.path.join(directory, log_file_name(timestamp, rank))
+
+
+def _prepare_log_dir(plan: LaunchPlan) -> None:
+    """Create the log dir now, so a bad one is exit 2 before anything starts (as static)."""
+    directory, _ = _log_naming(plan)
+    if directory is None:
+        return
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SpawnError(
+            f"cannot create log directory {directory} ({exc.strerror}): pass a writable "
+            "--enable_each_rank_log DIR"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SpawnError(
+            f"log directory {directory} is not writable: pass a writable --enable_each_rank_log DIR"
+        )
+
+
+def require_torch() -> None:
+    """Fail as a usage error (exit 2, nothing spawned) if torch is absent; imports nothing."""
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            "--enable_elastic_training needs torch in this Python: pip install torch "
+            "(or run without elastic mode)"
+        )
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: int) -> int:
+    """Body of the forked agent process: run torch's elastic agent, report one JSON line."""
+
+    import logging
+
+    def report(message: Dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        os.write(result_fd, data[:60000])  # below the pipe's capacity: never blocks
+
+    try:
+        from torch.distributed.elastic.multiprocessing import (
+            LogsDest,
+            LogsSpecs,
+            SignalException,
+        )
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    except ImportError as exc:
+        report({"kind": "error", "message": f"cannot import torch's elastic launcher: {exc}"})
+        return 1
+
+    class ConsoleLogs(LogsSpecs):
+        """Workers inherit the launcher's stdout/stderr; elastic_worker.py does per-rank logs.
+
+        torch's DefaultLogsSpecs would make a temp dir per run and open each log with
+        ``open(path, "w")``: truncated on restart and followed through symlinks.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(log_dir=None)
+
+        @property
+        def root_log_dir(self) -> str:
+            return ""
+
+        def reify(self, envs: Dict[int, Dict[str, str]]) -> Any:
+            ranks = range(len(envs))
+            return LogsDest(
+                stdouts={r: "" for r in ranks},
+                stderrs={r: "" for r in ranks},
+                tee_stdouts={},
+                tee_stderrs={},
+                error_files={r: "" for r in ranks},
+            )
+
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="hpclaunch agent: %(message)s")
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.INFO if debug else logging.WARNING)
+
+    config = LaunchConfig(
+        min_nodes=setup.min_nodes,
+        max_nodes=setup.max_nodes,
+        nproc_per_node=setup.nproc_per_node,
+        logs_specs=ConsoleLogs(),
+        run_id=plan.world.run_id,
+        rdzv_endpoint=setup.endpoint,
+        rdzv_backend="c10d",
+        rdzv_configs=dict(setup.rendezvous_conf),
+        max_restarts=setup.max_restarts,
+        start_method="spawn",
+        signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+        shutdown_timeout=setup.shutdown_timeout,
+    )
+    # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
+    shim_config = _worker_config(plan, os.getpid()).replace("$", "$$")
+    args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]
+    try:
+        elastic_launch(config, sys.executable)(*args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        report({
+            "kind": "failed", "rank": int(rank), "local_rank": int(failure.local_rank),
+            "pid": int(failure.pid), "exitcode": int(failure.exitcode),
+        })
+        return 1
+    except SignalException as exc:
+        report({"kind": "signal", "signal": int(exc.sigval)})
+        return 128 + int(exc.sigval)
+    except Exception as exc:  # rendezvous timeout, store unreachable, ...
+        report({"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    report({"kind": "ok"})
+    return 0
+
+
+def _fork_agent(
+    plan: LaunchPlan,
+    setup: ElasticSetup,
+    options: ElasticOptions,
+    env: Mapping[str, str],
+    inbox: SignalInbox,
+    watchdog: tree.Watchdog,
+) -> Tuple[int, int]:
+    """Fork the agent (own session, pdeathsig); returns (pid, read end of its result pipe)."""
+    result_read, result_write = os.pipe()
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(result_read)
+        os.close(result_write)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            os.close(result_read)
+            signal.set_wakeup_fd(-1)
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            for sig in FORWARDED_SIGNALS:
+                # The launcher forwards these to the workers itself; one aimed at the whole
+                # job (scancel --signal) must not kill the agent. A Python-level handler
+                # (not SIG_IGN) so the workers, after exec, get the default action back.
+                signal.signal(sig, _ignore_signal)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.setsid()
+            tree.set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+            os.close(inbox.read_fd)
+            os.close(inbox.write_fd)
+            watchdog.close()  # the launcher's end only: EOF must mean "the launcher died"
+            os.environ.clear()
+            os.environ.update(env)  # torch's agent gives workers os.environ plus its own
+            code = _agent_main(plan, setup, options.debug, result_write)
+        except BaseException as exc:  # noqa: B036 - must never return into the launcher
+            try:
+                os.write(2, f"hpclaunch: elastic agent crashed: {exc!r}\n".encode())
+            except OSError:
+                pass
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(result_write)
+    os.set_blocking(result_read, False)
+    return pid, result_read
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Python-level no-op handler (see _fork_agent)."""
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+class _ElasticSupervisor:
+    """The launcher's loop over one child (the agent) and any orphans it adopts."""
+
+    RUNNING, TERMINATING, KILLING = "running", "terminating", "killing"
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        options: ElasticOptions,
+        inbox: SignalInbox,
+        agent: int,
+        result_fd: int,
+    ) -> None:
+        self.plan = plan
+        self.options = options
+        self.inbox = inbox
+        self.agent = agent
+        self.result_fd = result_fd
+        self.me = os.getpid()
+        self.agent_status: Optional[int] = None
+        self.result: Dict[str, Any] = {}
+        self.no_children = False
+        self.phase = self.RUNNING
+        self.deadline = 0.0
+        self.fatal_signal: Optional[int] = None
+        self.killed: set[int] = set()
+        self.leftovers = 0
+        self.buffer = b""
+
+    # ------------------------------------------------------------------ events
+
+    def handle_signals(self, received: List[int]) -> None:
+        for sig in received:
+            if sig in FORWARDED_SIGNALS and self.phase == self.RUNNING:
+                workers = self.workers()
+                for pid in workers:
+                    tree.send(pid, sig)
+                self.options.log(
+                    f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)"
+                )
+            elif sig in FATAL_SIGNALS:
+                self.on_fatal_signal(sig)
+        self.read_result()
+        self.reap()
+
+    def workers(self) -> List[int]:
+        """The agent's direct children: the workers (each started by elastic_worker.py)."""
+        import psutil
+
+        try:
+            return [p.pid for p in psutil.Process(self.agent).children(recursive=False)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def on_fatal_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self.phase == self.RUNNING:
+            self.fatal_signal = sig
+            self.options.log(f"got {name}: stopping the elastic agent and its workers")
+            self.begin_terminate()
+        elif self.phase == self.TERMINATING:
+            self.options.log(f"got {name} again: killing now")
+            self.begin_kill()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.no_children = True
+                return
+            if pid == 0:
+                self.no_children = False
+                return
+            if pid == self.agent:
+                self.agent_status = status
+                self.on_agent_exit()
+
+    def read_result(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.result_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.buffer += chunk
+        line = self.buffer.split(b"\n", 1)[0]
+        if line and not self.result:
+            try:
+                self.result = json.loads(line)
+            except ValueError:
+                self.result = {"kind": "error", "message": line.decode(errors="replace")}
+
+    def on_agent_exit(self) -> None:
+        """The agent is gone, so are its workers; what they left behind (we adopted it) goes."""
+        self.read_result()
+        left = tree.descendants(self.me)
+        if not left or self.phase == self.KILLING:
+            return
+        if self.phase == self.RUNNING:
+            self.leftovers = len(left)
+            self.options.log(
+                f"the elastic agent is done but {len(left)} process(es) the workers started "
+                "are still running: stopping them"
+            )
+            self.phase = self.TERMINATING
+            self.deadline = time.monotonic() + self.options.kill_timeout
+        for pid in left:
+            tree.send(pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ teardown
+
+    def begin_terminate(self) -> None:
+        """SIGTERM to the agent, which stops its workers (TERM, --kill_timeout, KILL).
+
+        The workers are not signalled directly: the agent must see the signal before it sees
+        a dead worker, or it would count a failure and start a new attempt.
+        """
+        self.phase = self.TERMINATING
+        self.deadline = time.monotonic() + self.options.kill_timeout
+        if self.agent_status is None:
+            tree.send(self.agent, signal.SIGTERM)
+            self.deadline += AGENT_GRACE_SECONDS
+        else:
+            for pid in tree.descendants(self.me):
+                tree.send(pid, signal.SIGTERM)
+
+    def begin_kill(self) -> None:
+        self.phase = self.KILLING
+        self.deadline = time.monotonic() + KILL_WAIT_SECONDS
+        for _ in range(10):
+            fresh = [p for p in tree.descendants(self.me) if p not in self.killed]
+            if not fresh:
+                break
+            tree.freeze_and_kill(fresh)
+            self.killed.update(fresh)
+        if self.killed:
+            self.options.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
+
+    def finished(self) -> bool:
+        return self.agent_status is not None and self.no_children
+
+    def loop(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.inbox.read_fd, selectors.EVENT_READ)
+        selector.register(self.result_fd, selectors.EVENT_READ)
+        result_open = True
+        try:
+            self.reap()
+            while not self.finished():
+                timeout = None
+                if self.phase != self.RUNNING:
+                    timeout = max(0.0, self.deadline - time.monotonic())
+                for key, _ in selector.select(timeout):
+                    if key.fd == self.result_fd and result_open:
+                        self.read_result()
+                        # EOF (agent gone) or a result: nothing more to wait for on it.
+                        selector.unregister(self.result_fd)
+                        result_open = False
+                self.handle_signals(self.inbox.drain())
+                if self.finished():
+                    break
+                if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
+                    if self.phase == self.TERMINATING:
+                        self.begin_kill()
+                    else:
+                        self.options.log(
+                            "some processes did not die after SIGKILL (uninterruptible "
+                            "sleep?); giving up on them"
+                        )
+                        return
+        finally:
+            selector.close()
+
+    # ------------------------------------------------------------------ result
+
+    def outcome(self) -> Tuple[Outcome, Optional[str]]:
+        """The Outcome and, for failures that are not a worker's, a message for stderr."""
+        if self.fatal_signal is not None:
+            return Outcome(exit_code=128 + self.fatal_signal, fatal_signal=self.fatal_signal), None
+        kind = self.result.get("kind")
+        if kind == "ok":
+            return Outcome(exit_code=0, leftovers_killed=self.leftovers), None
+        if kind == "failed":
+            code = int(self.result["exitcode"])
+            rank = int(self.result["rank"])
+            restarts = self.options.restarts
+            failure = WorkerFailure(
+                rank=rank,
+                local_rank=int(self.result["local_rank"]),
+                host=self.plan.host,
+                pid=int(self.result["pid"]),
+                exit_code=code if code >= 0 else None,
+                signal=-code if code < 0 else None,
+                log_path=log_path_for(self.plan, rank),
+                detail=(
+                    f"the elastic job gave up after {restarts} restart(s) of the worker group "
+                    "(--max_restarts)"
+                ),
+            )
+            return Outcome(exit_code=failure.status, failure=failure), None
+        if kind == "signal":
+            sig = int(self.result["signal"])
+            return Outcome(exit_code=128 + sig, fatal_signal=sig), (
+                f"hpclaunch: the elastic agent got {signal.Signals(sig).name} and stopped "
+                "its workers"
+            )
+        if kind == "error":
+            message = self.result.get("message", "")
+            return Outcome(exit_code=1), f"hpclaunch: elastic agent failed: {message}"
+        status = self.agent_status or 0
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            return Outcome(exit_code=128 + sig), (
+                f"hpclaunch: the elastic agent was killed by {signal.Signals(sig).name}"
+            )
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+        return Outcome(exit_code=code or 1), (
+            f"hpclaunch: the elastic agent exited with code {code} without a result"
+        )
+
+
+def run_elastic(
+    plan: LaunchPlan, options: ElasticOptions, base_env: Mapping[str, str]
+) -> Outcome:
+    """Run this node's share of an elastic job to an Outcome (the contract's exit status).
+
+    Raises UsageError/SpawnError (exit 2) before anything is spawned for bad options, a bad
+    log dir or PID file, or a missing torch.
+    """
+    setup = elastic_setup(plan, options)
+    require_torch()
+    _prepare_log_dir(plan)
+    inbox = SignalInbox()
+    inbox.install()  # before anything is created or spawned: no window for a lost signal
+    pid_written = False
+    watchdog: Optional[tree.Watchdog] = None
+    result_fd = -1
+    clean = False
+    try:
+        if options.pid_file is not None:
+            files.write_pid_file(options.pid_file, os.getpid())
+            pid_written = True
+        token = secrets.token_hex(16)
+        watchdog = tree.start_watchdog(token, options.pid_file)
+        tree.become_subreaper()
+        tree.load_libc()
+        if options.banner:
+            options.log(options.banner)
+        env = dict(base_env)
+        env[tree.TREE_TOKEN_VAR] = token  # the agent's workers inherit it: the watchdog's mark
+        early = inbox.drain()
+        supervisor_signal = next((s for s in early if s in FATAL_SIGNALS), None)
+        if supervisor_signal is not None:  # asked to stop before anything started
+            clean = True
+            return Outcome(exit_code=128 + supervisor_signal, fatal_signal=supervisor_signal)
+        agent, result_fd = _fork_agent(plan, setup, options, env, inbox, watchdog)
+        watchdog.track(agent)  # its own session: pgid == pid
+        options.log(
+            f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
+            f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
+            f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
+        )
+        supervisor = _ElasticSupervisor(plan, options, inbox, agent, result_fd)
+        supervisor.handle_signals([])
+        supervisor.loop()
+        clean = supervisor.finished()
+        outcome, message = supervisor.outcome()
+        if message:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+        return outcome
+    finally:
+        if result_fd >= 0:
+            os.close(result_fd)
+        if watchdog is not None:
+            if clean:
+                watchdog.done()
+            else:
+                watchdog.close()  # EOF without "done": the watchdog kills what is left
+        if pid_written and options.pid_file is not None:
+            tree.remove_pid_file(options.pid_file, os.getpid())
+        inbox.uninstall()
+
+
+__all__ = [
+    "DEFAULT_MAX_RESTARTS",
+    "ElasticOptions",
+    "describe",
+    "elastic_setup",
+    "node_bounds",
+    "options_from_args",
+    "parse_rendezvous_conf",
+    "require_torch",
+    "run_elastic",
+    "runner",
+]
