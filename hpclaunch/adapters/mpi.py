@@ -27,8 +27,10 @@ exit status in :meth:`MPIAdapter.finish`: ``MPI_Finalize`` on 0, ``MPI_Abort(sta
 otherwise. Abort, not a bare non-zero exit without finalising: that ends the job under
 OpenMPI but leaves MPICH's mpiexec waiting across hosts, and Abort is what the MPI standard
 defines for "end everything". A launcher killed outright (OOM killer) is still an MPI rank
-dying by a signal, so the job ends too. If nothing calls ``finish``, mpi4py finalises at
-exit: a success stays a success and only the fast spreading of a failure is lost.
+dying by a signal, so the job ends too. ``hpclaunch.cli.main`` calls ``finish`` last, with
+the status it exits with (also 2 for a usage error raised after ``world``). If nothing calls
+it, mpi4py finalises at exit: a success stays a success, only the spreading of a failure is
+lost.
 
 Workers stay free to use MPI or not: they are separate processes that never share the
 launcher's MPI state. The descriptors MPI opened in the launcher are made close-on-exec,
