@@ -85,6 +85,26 @@ def test_gloo_all_reduce_two_hosts_two_workers(
     assert mpi.leftovers() == []
 
 
+def test_elastic_all_reduce_under_mpi(
+    mpi: MPI, tmp_path: Path, emulated_hosts: List[str], torch_available: None
+) -> None:
+    """The MPI-agreed master and run id also serve torch's c10d rendezvous (elastic mode)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    hostfile = mpi.hostfile(tmp_path, emulated_hosts[:2])
+    args = ["--enable_elastic_training", "--nproc_per_node", "2", ALLREDUCE,
+            "--backend", "gloo", "--out", str(out)]
+    done = subprocess.run(
+        mpi.command(hostfile, args), capture_output=True, text=True, timeout=120, env=mpi.env()
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(p.read_text()) for p in out.glob("rank*.json")]
+    assert sorted(r["rank"] for r in records) == [0, 1, 2, 3]
+    assert all(r["sum"] == r["expected"] == 10 for r in records)
+    assert len({r["env"]["TORCHELASTIC_RUN_ID"] for r in records}) == 1
+    assert mpi.leftovers() == []
+
+
 def start_failing_job(
     mpi: MPI, tmp_path: Path, hosts: List[str], fail_rank: int
 ) -> tuple[subprocess.Popen[str], Fifo, Path]:
