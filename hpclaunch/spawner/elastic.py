@@ -395,7 +395,8 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
         report({"kind": "signal", "signal": int(exc.sigval)})
         return 128 + int(exc.sigval)
     except Exception as exc:  # rendezvous timeout, store unreachable, ...
-        report({"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+        detail = str(exc) or str(exc.__cause__ or "")
+        report({"kind": "error", "type": type(exc).__name__, "message": detail})
         return 1
     report({"kind": "ok"})
     return 0
@@ -475,12 +476,14 @@ class _ElasticSupervisor:
     def __init__(
         self,
         plan: LaunchPlan,
+        setup: ElasticSetup,
         options: ElasticOptions,
         inbox: SignalInbox,
         agent: int,
         result_fd: int,
     ) -> None:
         self.plan = plan
+        self.setup = setup
         self.options = options
         self.inbox = inbox
         self.agent = agent
@@ -644,6 +647,28 @@ class _ElasticSupervisor:
 
     # ------------------------------------------------------------------ result
 
+    def explain(self) -> str:
+        """The agent's error, with what to do about the usual rendezvous ones."""
+        kind = str(self.result.get("type", ""))
+        message = str(self.result.get("message", ""))
+        endpoint, lo = self.setup.endpoint, self.setup.min_nodes
+        hints = {
+            "RendezvousTimeoutError": (
+                f"the rendezvous at {endpoint} did not gather {lo} node(s) in time: start "
+                "every node's hpclaunch with the same --master_addr and --master_port, lower "
+                "--min_elastic_nodes, or raise join_timeout in --rdzv_conf"
+            ),
+            "RendezvousConnectionError": (
+                f"cannot reach or host the rendezvous store at {endpoint} (node 0 hosts it): "
+                "check --master_addr/--master_port and that node 0's hpclaunch runs"
+            ),
+            "RendezvousClosedError": (
+                f"the rendezvous at {endpoint} is closed: the job already ended on another node"
+            ),
+        }
+        text = f"{kind}: {message}" if kind and message else kind or message
+        return f"{text} ({hints[kind]})" if kind in hints else text
+
     def outcome(self) -> Tuple[Outcome, Optional[str]]:
         """The Outcome and, for failures that are not a worker's, a message for stderr."""
         if self.fatal_signal is not None:
@@ -655,6 +680,9 @@ class _ElasticSupervisor:
             code = int(self.result["exitcode"])
             rank = int(self.result["rank"])
             restarts = self.options.restarts
+            log_path = log_path_for(self.plan, rank)
+            if log_path is not None and os.path.islink(log_path):
+                log_path = None  # planted by someone else: the worker refused it, so do we
             failure = WorkerFailure(
                 rank=rank,
                 local_rank=int(self.result["local_rank"]),
@@ -662,7 +690,7 @@ class _ElasticSupervisor:
                 pid=int(self.result["pid"]),
                 exit_code=code if code >= 0 else None,
                 signal=-code if code < 0 else None,
-                log_path=log_path_for(self.plan, rank),
+                log_path=log_path,
                 detail=(
                     f"the elastic job gave up after {restarts} restart(s) of the worker group "
                     "(--max_restarts)"
@@ -676,8 +704,7 @@ class _ElasticSupervisor:
                 "its workers"
             )
         if kind == "error":
-            message = self.result.get("message", "")
-            return Outcome(exit_code=1), f"hpclaunch: elastic agent failed: {message}"
+            return Outcome(exit_code=1), "hpclaunch: elastic agent failed: " + self.explain()
         status = self.agent_status or 0
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
@@ -731,7 +758,7 @@ def run_elastic(
             f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
             f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
         )
-        supervisor = _ElasticSupervisor(plan, options, inbox, agent, result_fd)
+        supervisor = _ElasticSupervisor(plan, setup, options, inbox, agent, result_fd)
         supervisor.handle_signals([])
         supervisor.loop()
         clean = supervisor.finished()

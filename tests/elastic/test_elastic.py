@@ -150,6 +150,40 @@ def test_exhausted_restarts_exit_with_the_failure_summary(
     assert "rank 0 fails on purpose (attempt 0)" in err.split("last ")[1]  # the tail
 
 
+def test_a_worker_killed_by_a_signal_every_time_is_128_plus_signal(
+    torch_available: None, tmp_path: Path
+) -> None:
+    result = run_launcher(
+        *ELASTIC,
+        "--nproc_per_node", "2",
+        "--master_port", str(free_port()),
+        "--max_restarts", "1",
+        JOB, "--out", str(tmp_path), "--fail-rank", "1", "--fail-always",
+        "--fail-signal", str(int(signal.SIGKILL)),
+        timeout=120,
+    )
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+    assert "rank 1 (local_rank 1" in result.stderr and "SIGKILL" in result.stderr
+    assert "gave up after 1 restart(s)" in result.stderr
+    assert result.stderr.count("rank 1 fails on purpose") == 2  # the first try and 1 restart
+
+
+def test_a_rendezvous_that_never_fills_is_an_error(torch_available: None, tmp_path: Path) -> None:
+    """Node 0 of a 2-node world alone, min 2 (the default -1): the join times out."""
+    result = run_launcher(
+        *ELASTIC,
+        "--world_info", world_info(2, 1),
+        "--node_rank", "0",
+        "--master_port", str(free_port()),
+        "--rdzv_conf", "join_timeout=2",
+        JOB, "--out", str(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "hpclaunch: elastic agent failed: RendezvousTimeoutError" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_two_launchers_form_one_elastic_world_of_four(
     torch_available: None, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-code", type=int, default=3)
     parser.add_argument("--fail-always", action="store_true")
+    parser.add_argument("--fail-signal", type=int, default=0, help="die of this signal")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--stop")
     parser.add_argument("--daemon", action="store_true", help="leave a setsid'd grandchild")
@@ -45,6 +46,8 @@ def main() -> None:
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "-1"))
     if rank == args.fail_rank and (restart == 0 or args.fail_always):
         print(f"rank {rank} fails on purpose (attempt {restart})", file=sys.stderr, flush=True)
+        if args.fail_signal:
+            os.kill(os.getpid(), args.fail_signal)
         sys.exit(args.fail_code)
 
     import torch
