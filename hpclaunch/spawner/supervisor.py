@@ -34,6 +34,9 @@ HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
 #: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
 RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
+#: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
+MAX_FD = 1 << 30
+
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
 #: forever would hang the job, so we give up and say so.
@@ -128,6 +131,10 @@ def spawn_worker(
                 os.dup2(stdout_fd, 1)
             if stderr_fd is not None:
                 os.dup2(stderr_fd, 2)
+            # Only 0-2 go to the worker (as torchrun's close_fds=True): descriptors the
+            # launcher inherited, e.g. an MPI process manager's pipes, are not the worker's.
+            os.closerange(3, err_write)
+            os.closerange(err_write + 1, MAX_FD)
             os.execve(spec.argv[0], list(spec.argv), dict(env))
         except BaseException as exc:  # noqa: B036 - must never return into the launcher
             try:

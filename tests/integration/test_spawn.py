@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -164,8 +165,9 @@ def test_workers_start_with_default_signal_dispositions() -> None:
 
     The worker is grep, not Python, since Python would ignore SIGPIPE again by itself.
     """
-    result = run_launcher("--no_local_rank", "--no_python", "grep", "-E", "^Sig(Ign|Blk)",
-                          "/proc/self/status")
+    result = run_launcher(
+        "--no_local_rank", "--no_python", "grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"
+    )
     assert result.returncode == 0, result.stderr
     fields = dict(line.split(":") for line in result.stdout.splitlines())
     ignored, blocked = int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
@@ -181,3 +183,24 @@ def test_exec_failure_is_reported_as_a_worker_failure(tmp_path: Path) -> None:
     result = run_launcher("--no_python", str(script))
     assert result.returncode == 127
     assert "cannot start" in result.stderr and "rank 0" in result.stderr
+
+
+def test_workers_get_only_stdin_stdout_stderr(tmp_path: Path) -> None:
+    """A descriptor the launcher inherited (an open file) does not reach the workers."""
+    with open(tmp_path / "held", "w") as held:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hpclaunch",
+                "--no_local_rank",
+                "--no_python",
+                "ls",
+                "/proc/self/fd",
+            ],
+            capture_output=True,
+            text=True,
+            pass_fds=(held.fileno(),),
+        )
+    assert result.returncode == 0, result.stderr
+    assert sorted(int(fd) for fd in result.stdout.split()) == [0, 1, 2, 3]  # 3: ls's own dir fd
