@@ -145,6 +145,10 @@ def resolve_command(args: argparse.Namespace, script: str, script_args: List[str
         raise UsageError("--module and --no_python exclude each other: pick one")
     if args.no_python:
         path = script if os.sep in script else shutil.which(script)
+        if path is None and os.path.isfile(script):
+            raise UsageError(
+                f"--no_python target {script!r} is not on PATH: name the file as ./{script}"
+            )
         if path is None or not os.path.isfile(path):
             raise UsageError(
                 f"--no_python target {script!r} not found: give a path or a command on PATH"
