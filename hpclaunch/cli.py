@@ -23,6 +23,17 @@ from hpclaunch.errors import UsageError
 if TYPE_CHECKING:
     from hpclaunch.spawner.plan import Command, LaunchPlan
 
+HELP_EXAMPLES = """examples:
+  hpclaunch --nproc_per_node 4 train.py --epochs 3      this machine, 4 workers
+  srun --ntasks-per-node=1 hpclaunch train.py           one per Slurm node
+  mpirun -npernode 1 hpclaunch train.py                 one per MPI host
+  hpclaunch --world_info=W --node_rank=1 --master_addr=A train.py   DeepSpeed style
+  hpclaunch --dry-run train.py                          show the plan, start nothing
+
+Everything after the training script is passed to it untouched.
+Exit status: 0 all workers succeeded; c the first failed worker's code; 128+s a signal;
+2 bad invocation (nothing started)."""
+
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -49,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start this node's workers of a distributed PyTorch job "
         "(a drop-in for deepspeed.launcher.launch).",
         allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HELP_EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"hpclaunch {__version__}")
     world = parser.add_argument_group("world")

@@ -140,3 +140,11 @@ def test_deepspeed_runner_none_strings_mean_not_given(tmp_path: Path, marker_scr
     )
     assert result.returncode == 0, result.stderr
     assert '"adapter": "local"' in result.stdout
+
+
+def test_help_groups_flags_and_shows_examples() -> None:
+    result = run_launcher("--help")
+    assert result.returncode == 0
+    for heading in ("world:", "process:", "logging:", "elastic:", "examples:"):
+        assert heading in result.stdout
+    assert "srun --ntasks-per-node=1 hpclaunch" in result.stdout
