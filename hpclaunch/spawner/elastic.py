@@ -52,8 +52,8 @@ from hpclaunch.world import World
 if TYPE_CHECKING:
     from hpclaunch.spawner import RunOptions
 
-#: torch's default when ``--max_restarts`` is not given in elastic mode (as torchrun's 0 is
-#: not: a job that cannot restart gains nothing from the agent).
+#: Restarts when ``--max_restarts`` is not given in elastic mode: LaunchConfig's default.
+#: (torchrun's is 0, but a job that cannot restart gains little from the agent.)
 DEFAULT_MAX_RESTARTS = 3
 
 #: Variables torch's agent sets for each worker after each rendezvous; the plan's static
@@ -75,6 +75,9 @@ RENDEZVOUS_KEYS = (
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
 AGENT_GRACE_SECONDS = 2.0
+
+#: See run_elastic: makes rank 0's worker host a new store for each attempt.
+SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
 
@@ -746,6 +749,13 @@ def run_elastic(
             options.log(options.banner)
         env = dict(base_env)
         env[tree.TREE_TOKEN_VAR] = token  # the agent's workers inherit it: the watchdog's mark
+        # torch's knob (read by its c10d rendezvous) for a fresh worker store per attempt. By
+        # default the group-rank-0 agent keeps one store for the workers of every round and
+        # attempt, unprefixed: a worker of a new attempt can read a peer's address or a
+        # barrier count left by the previous one before the peer overwrites it, and then
+        # fails to connect (a restart wasted) or hangs. Seen under load with restarts and
+        # with a node leaving; a user's own setting wins.
+        env.setdefault(SHARED_STORE_KNOB, "1")
         early = inbox.drain()
         supervisor_signal = next((s for s in early if s in FATAL_SIGNALS), None)
         if supervisor_signal is not None:  # asked to stop before anything started

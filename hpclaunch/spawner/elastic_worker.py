@@ -75,6 +75,10 @@ def main(argv: List[str]) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+    # Python ignores SIGPIPE and SIGXFSZ at start-up and exec keeps an ignored signal
+    # ignored: give the worker the defaults it would get from any other launcher.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execve(command[0], command, env)
     except OSError as exc:

@@ -108,7 +108,11 @@ def test_describe_hosts_the_store_on_node_0_only() -> None:
 
 
 def run_shim(
-    tmp_path: Path, log_dir: Optional[str], agent: Optional[int] = None, rank: str = "5"
+    tmp_path: Path,
+    log_dir: Optional[str],
+    agent: Optional[int] = None,
+    rank: str = "5",
+    command: Optional[List[str]] = None,
 ) -> subprocess.CompletedProcess[str]:
     config = {
         "agent": os.getpid() if agent is None else agent,
@@ -124,7 +128,7 @@ def run_shim(
               "{'cpus': sorted(os.sched_getaffinity(0)), 'argv': sys.argv[1:]}))")
     return subprocess.run(
         [sys.executable, "-I", "-S", WORKER_SHIM, json.dumps(config), "--",
-         sys.executable, "-c", script, "$x"],
+         *(command or [sys.executable, "-c", script, "$x"])],
         env=env, capture_output=True, text=True, timeout=30,
     )
 
@@ -156,3 +160,11 @@ def test_shim_never_writes_through_a_symlink(tmp_path: Path) -> None:
 def test_shim_of_a_dead_agent_starts_nothing(tmp_path: Path) -> None:
     result = run_shim(tmp_path, None, agent=1)  # its parent is not the agent it was made for
     assert result.returncode == 1 and result.stdout == ""
+
+
+def test_shim_gives_the_worker_default_signal_dispositions(tmp_path: Path) -> None:
+    """The shim is Python, which ignores SIGPIPE and SIGXFSZ; exec would keep that."""
+    result = run_shim(tmp_path, None, command=["/bin/grep", "SigIgn", "/proc/self/status"])
+    assert result.returncode == 0, result.stderr
+    ignored = int(result.stdout.split()[1], 16)
+    assert ignored & (1 << (13 - 1)) == 0 and ignored & (1 << (25 - 1)) == 0  # PIPE, XFSZ
