@@ -253,6 +253,36 @@ def test_a_node_leaving_restarts_the_other_in_a_smaller_world(
     assert wait_gone(pids) == []
 
 
+def test_a_node_joining_later_grows_the_world(torch_available: None, tmp_path: Path) -> None:
+    """Node 0 starts alone (min 1) and trains in a world of 2; node 1 arrives, node 0's
+    agent sees it waiting and restarts its workers into one world of 4."""
+    fifo, stop = Fifo(tmp_path / "ready.fifo"), Fifo(tmp_path / "stop.fifo")
+    port = free_port()
+    conf = "last_call_timeout=1"
+    flags = ("--ready", fifo.path, "--stop", stop.path, "--train")
+    procs = [node_launcher(0, port, tmp_path, *flags, conf=conf)]
+    try:
+        alone = wait_for_world(fifo, 2, min_restart=0)
+        assert sorted(r["rank"] for r in alone) == [0, 1]
+        procs.append(node_launcher(1, port, tmp_path, *flags, conf=conf))
+        full = wait_for_world(fifo, 4, min_restart=0)
+        assert sorted(r["rank"] for r in full) == [0, 1, 2, 3]
+        os.write(stop.fd, b"x")  # one rank reads it; a MAX all_reduce stops all four
+        outputs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+    except Exception as exc:
+        kill_all(p.pid for p in procs)
+        outputs = [p.communicate() for p in procs]
+        raise AssertionError(f"{exc}{[o[1][-3000:] for o in outputs]}") from exc
+    finally:
+        kill_all(p.pid for p in procs)
+        fifo.close()
+        stop.close()
+    got = records(tmp_path)
+    assert all(r["sum"] == (3.0 if r["world_size"] == 2 else 10.0) for r in got.values())
+    assert {r["env"]["CROSS_SIZE"] for r in got.values() if r["world_size"] == 4} == {"2"}
+
+
 def wait_for_world(fifo: Fifo, size: int, min_restart: int) -> List[Dict[str, int]]:
     """Read ready lines until every rank of a world of ``size`` (from a late enough attempt)
     has reported; lines of other worlds (a round that formed early) are skipped."""
@@ -345,11 +375,16 @@ def test_kill_9_of_the_launcher_leaves_nothing(
 
 
 def test_dry_run_shows_the_elastic_setup_without_torch_or_spawning(tmp_path: Path) -> None:
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('the launcher imported torch')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
     result = run_launcher(
         "--enable_elastic_training", "--dry-run",
         "--world_info", world_info(3, 2), "--node_rank", "1", "--master_addr", "10.0.0.1",
         "--master_port", "29999", "--min_elastic_nodes", "2", "--rdzv_conf", "join_timeout=60",
         JOB, "--out", str(tmp_path), "--echo", "$x",
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
