@@ -324,7 +324,9 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
 
     def report(message: Dict[str, Any]) -> None:
         data = (json.dumps(message) + "\n").encode()
-        os.write(result_fd, data[:60000])  # below the pipe's capacity: never blocks
+        if len(data) > 60000:  # stay below the pipe's capacity: the write never blocks
+            data = b'{"kind": "error", "message": "(the agent\'s report was too long)"}\n'
+        os.write(result_fd, data)
 
     try:
         from torch.distributed.elastic.multiprocessing import (
@@ -398,7 +400,8 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
         report({"kind": "signal", "signal": int(exc.sigval)})
         return 128 + int(exc.sigval)
     except Exception as exc:  # rendezvous timeout, store unreachable, ...
-        detail = str(exc) or str(exc.__cause__ or "")
+        # torch's C++ errors carry whole stack traces: the first lines say what happened.
+        detail = "\n".join((str(exc) or str(exc.__cause__ or "")).splitlines()[:5])[:2000]
         report({"kind": "error", "type": type(exc).__name__, "message": detail})
         return 1
     report({"kind": "ok"})
@@ -560,8 +563,8 @@ class _ElasticSupervisor:
             if not chunk:
                 break
             self.buffer += chunk
-        line = self.buffer.split(b"\n", 1)[0]
-        if line and not self.result:
+        if b"\n" in self.buffer and not self.result:  # one whole line, however it arrived
+            line = self.buffer.split(b"\n", 1)[0]
             try:
                 self.result = json.loads(line)
             except ValueError:

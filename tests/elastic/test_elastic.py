@@ -374,6 +374,23 @@ def test_kill_9_of_the_launcher_leaves_nothing(
         kill_all(pids)
 
 
+def test_an_agent_that_dies_takes_its_workers_and_the_job_with_it(
+    torch_available: None, tmp_path: Path, fifo: Fifo
+) -> None:
+    proc = start_training(fifo, tmp_path)
+    lines = fifo.expect(4, timeout=120)
+    pids = reported_pids(lines)
+    try:
+        (agent,) = {r["agent"] for r in ready(lines)}
+        os.kill(agent, signal.SIGKILL)  # say, the OOM killer
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGKILL, err
+        assert "the elastic agent was killed by SIGKILL" in err
+        assert wait_gone(pids) == []  # workers by pdeathsig, daemons by the launcher
+    finally:
+        kill_all(pids)
+
+
 def test_dry_run_shows_the_elastic_setup_without_torch_or_spawning(tmp_path: Path) -> None:
     fake = tmp_path / "fake" / "torch"
     fake.mkdir(parents=True)
