@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -182,6 +183,43 @@ def test_a_rendezvous_that_never_fills_is_an_error(torch_available: None, tmp_pa
     assert result.returncode == 1, result.stderr
     assert "hpclaunch: elastic agent failed: RendezvousTimeoutError" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_waiting_for_other_nodes_ends_at_once(
+    torch_available: None, tmp_path: Path
+) -> None:
+    """Node 0 of a 2-node world waits for node 1, which never comes; SIGTERM ends the wait."""
+    port = free_port()
+    proc = start_launcher(
+        *ELASTIC,
+        "--world_info", world_info(2, 1),
+        "--node_rank", "0",
+        "--master_port", str(port),
+        JOB, "--out", str(tmp_path),
+    )
+    try:
+        wait_for_listener(port)  # the agent hosts the rendezvous store: it is waiting now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert time.monotonic() - started < 3 + 2 + 5  # --kill_timeout + grace, not 600 s
+    finally:
+        kill_all([proc.pid])
+    assert list(tmp_path.iterdir()) == []
+
+
+def wait_for_listener(port: int, timeout: float = 60.0) -> None:
+    """Until something accepts connections on the port (the signal itself; retried briefly)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_two_launchers_form_one_elastic_world_of_four(
