@@ -79,6 +79,9 @@ AGENT_GRACE_SECONDS = 2.0
 #: See run_elastic: makes rank 0's worker host a new store for each attempt.
 SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
+#: Upper bound for closing the agent's inherited fds (close_range makes it cheap).
+MAX_FD = 1 << 20
+
 WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
 
 
@@ -449,6 +452,10 @@ def _fork_agent(
             os.close(inbox.read_fd)
             os.close(inbox.write_fd)
             watchdog.close()  # the launcher's end only: EOF must mean "the launcher died"
+            # Nothing of the launcher's (an MPI process manager's pipes, say) stays open in
+            # the agent: it needs fds 0-2 and its result pipe, and its workers get 0-2 only.
+            os.closerange(3, result_write)
+            os.closerange(result_write + 1, MAX_FD)
             os.environ.clear()
             os.environ.update(env)  # torch's agent gives workers os.environ plus its own
             code = _agent_main(plan, setup, options.debug, result_write)

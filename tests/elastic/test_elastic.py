@@ -27,6 +27,7 @@ from tests.conftest import (
     error_line,
     free_port,
     kill_all,
+    launcher_cmd,
     run_launcher,
     start_launcher,
     survivors,
@@ -427,6 +428,41 @@ def test_an_agent_that_dies_takes_its_workers_and_the_job_with_it(
         assert wait_gone(pids) == []  # workers by pdeathsig, daemons by the launcher
     finally:
         kill_all(pids)
+
+
+def test_the_agent_and_workers_hold_none_of_the_launcher_s_fds(
+    torch_available: None, tmp_path: Path, fifo: Fifo
+) -> None:
+    """An fd the launcher inherited (an MPI process manager's pipe, say) stays with it."""
+    read_end, write_end = os.pipe()
+    stop = Fifo(tmp_path / "stop.fifo")
+    proc = subprocess.Popen(
+        launcher_cmd(
+            *ELASTIC, "--nproc_per_node", "2", "--master_port", str(free_port()),
+            JOB, "--out", str(tmp_path), "--ready", fifo.path, "--stop", stop.path, "--train",
+        ),
+        pass_fds=(write_end,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(write_end)
+    try:
+        lines = ready(fifo.expect(2, timeout=120))
+        pipe = f"pipe:[{os.fstat(read_end).st_ino}]"
+        holders = []
+        for pid in {r["agent"] for r in lines} | {r["pid"] for r in lines}:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == pipe:
+                        holders.append(pid)
+                except OSError:
+                    pass
+        assert holders == []
+        os.write(stop.fd, b"x")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        kill_all([proc.pid])
+        os.close(read_end)
+        stop.close()
 
 
 def test_dry_run_shows_the_elastic_setup_without_torch_or_spawning(tmp_path: Path) -> None:
