@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Callable, FrozenSet, Mapping, Optional
 
 from hpclaunch.spawner import files, tree
+from hpclaunch.spawner.inbox import SignalInbox
 from hpclaunch.spawner.plan import LaunchPlan
 from hpclaunch.spawner.report import Outcome
-from hpclaunch.spawner.supervisor import SignalInbox, Supervisor, SupervisorOptions
+from hpclaunch.spawner.supervisor import Supervisor, SupervisorOptions
 
 
 @dataclass(frozen=True)

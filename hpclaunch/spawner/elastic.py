@@ -32,21 +32,22 @@ import secrets
 import selectors
 import signal
 import sys
-import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.errors import SpawnError, UsageError
 from hpclaunch.spawner import files, tree
-from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
-from hpclaunch.spawner.report import Outcome, WorkerFailure
-from hpclaunch.spawner.supervisor import (
+from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     FORWARDED_SIGNALS,
     HANDLED_SIGNALS,
-    KILL_WAIT_SECONDS,
     SignalInbox,
+    reset_in_child,
 )
+from hpclaunch.spawner.loop import TreeSupervisor
+from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
+from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.supervisor import MAX_FD
 from hpclaunch.world import World
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ AGENT_GRACE_SECONDS = 2.0
 
 #: See run_elastic: makes rank 0's worker host a new store for each attempt.
 SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
-
-#: Upper bound for closing the agent's inherited fds (close_range makes it cheap).
-MAX_FD = 1 << 20
 
 WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
 
@@ -436,9 +434,7 @@ def _fork_agent(
         code = 1
         try:
             os.close(result_read)
-            signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            reset_in_child()
             for sig in FORWARDED_SIGNALS:
                 # The launcher forwards these to the workers itself; one aimed at the whole
                 # job (scancel --signal) must not kill the agent. A Python-level handler
@@ -481,10 +477,8 @@ def _ignore_signal(signum: int, frame: object) -> None:
 # --------------------------------------------------------------------------- the launcher
 
 
-class _ElasticSupervisor:
+class _ElasticSupervisor(TreeSupervisor):
     """The launcher's loop over one child (the agent) and any orphans it adopts."""
-
-    RUNNING, TERMINATING, KILLING = "running", "terminating", "killing"
 
     def __init__(
         self,
@@ -495,38 +489,47 @@ class _ElasticSupervisor:
         agent: int,
         result_fd: int,
     ) -> None:
+        super().__init__(inbox, options.kill_timeout, options.log)
         self.plan = plan
         self.setup = setup
         self.options = options
-        self.inbox = inbox
         self.agent = agent
         self.result_fd = result_fd
-        self.me = os.getpid()
         self.agent_status: Optional[int] = None
         self.result: Dict[str, Any] = {}
-        self.no_children = False
-        self.phase = self.RUNNING
-        self.deadline = 0.0
         self.fatal_signal: Optional[int] = None
-        self.killed: set[int] = set()
         self.leftovers = 0
         self.buffer = b""
+        self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ loop hooks
 
-    def handle_signals(self, received: List[int]) -> None:
-        for sig in received:
-            if sig in FORWARDED_SIGNALS and self.phase == self.RUNNING:
-                workers = self.workers()
-                for pid in workers:
-                    tree.send(pid, sig)
-                self.options.log(
-                    f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)"
-                )
-            elif sig in FATAL_SIGNALS:
-                self.on_fatal_signal(sig)
+    def forward(self, sig: int) -> None:
+        workers = self.workers()
+        for pid in workers:
+            tree.send(pid, sig)
+        self.log(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
+
+    def on_fatal(self, sig: int) -> None:
+        self.fatal_signal = sig
+        self.log(f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers")
+
+    def after_signals(self) -> None:
         self.read_result()
         self.reap()
+
+    def on_child_exit(self, pid: int, status: int) -> None:
+        if pid == self.agent:
+            self.agent_status = status
+            self.on_agent_exit()
+
+    def on_result_readable(self, fd: int) -> None:
+        self.read_result()
+        # EOF (agent gone) or a result: nothing more to wait for on it.
+        self.selector.unregister(fd)
+
+    def finished(self) -> bool:
+        return self.agent_status is not None and self.no_children
 
     def workers(self) -> List[int]:
         """The agent's direct children: the workers (each started by elastic_worker.py)."""
@@ -536,30 +539,6 @@ class _ElasticSupervisor:
             return [p.pid for p in psutil.Process(self.agent).children(recursive=False)]
         except psutil.NoSuchProcess:
             return []
-
-    def on_fatal_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if self.phase == self.RUNNING:
-            self.fatal_signal = sig
-            self.options.log(f"got {name}: stopping the elastic agent and its workers")
-            self.begin_terminate()
-        elif self.phase == self.TERMINATING:
-            self.options.log(f"got {name} again: killing now")
-            self.begin_kill()
-
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.no_children = True
-                return
-            if pid == 0:
-                self.no_children = False
-                return
-            if pid == self.agent:
-                self.agent_status = status
-                self.on_agent_exit()
 
     def read_result(self) -> None:
         while True:
@@ -585,16 +564,13 @@ class _ElasticSupervisor:
             return
         if self.phase == self.RUNNING:
             self.leftovers = len(left)
-            self.options.log(
+            self.log(
                 f"the elastic agent is done but {len(left)} process(es) the workers started "
                 "are still running: stopping them"
             )
-            self.phase = self.TERMINATING
-            self.deadline = time.monotonic() + self.options.kill_timeout
+            self.start_clock()
         for pid in left:
             tree.send(pid, signal.SIGTERM)
-
-    # ------------------------------------------------------------------ teardown
 
     def begin_terminate(self) -> None:
         """SIGTERM to the agent, which stops its workers (TERM, --kill_timeout, KILL).
@@ -602,61 +578,12 @@ class _ElasticSupervisor:
         The workers are not signalled directly: the agent must see the signal before it sees
         a dead worker, or it would count a failure and start a new attempt.
         """
-        self.phase = self.TERMINATING
-        self.deadline = time.monotonic() + self.options.kill_timeout
         if self.agent_status is None:
+            self.start_clock(extra=AGENT_GRACE_SECONDS)
             tree.send(self.agent, signal.SIGTERM)
-            self.deadline += AGENT_GRACE_SECONDS
         else:
-            for pid in tree.descendants(self.me):
-                tree.send(pid, signal.SIGTERM)
-
-    def begin_kill(self) -> None:
-        self.phase = self.KILLING
-        self.deadline = time.monotonic() + KILL_WAIT_SECONDS
-        for _ in range(10):
-            fresh = [p for p in tree.descendants(self.me) if p not in self.killed]
-            if not fresh:
-                break
-            tree.freeze_and_kill(fresh)
-            self.killed.update(fresh)
-        if self.killed:
-            self.options.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
-
-    def finished(self) -> bool:
-        return self.agent_status is not None and self.no_children
-
-    def loop(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.inbox.read_fd, selectors.EVENT_READ)
-        selector.register(self.result_fd, selectors.EVENT_READ)
-        result_open = True
-        try:
-            self.reap()
-            while not self.finished():
-                timeout = None
-                if self.phase != self.RUNNING:
-                    timeout = max(0.0, self.deadline - time.monotonic())
-                for key, _ in selector.select(timeout):
-                    if key.fd == self.result_fd and result_open:
-                        self.read_result()
-                        # EOF (agent gone) or a result: nothing more to wait for on it.
-                        selector.unregister(self.result_fd)
-                        result_open = False
-                self.handle_signals(self.inbox.drain())
-                if self.finished():
-                    break
-                if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
-                    if self.phase == self.TERMINATING:
-                        self.begin_kill()
-                    else:
-                        self.options.log(
-                            "some processes did not die after SIGKILL (uninterruptible "
-                            "sleep?); giving up on them"
-                        )
-                        return
-        finally:
-            selector.close()
+            self.start_clock()
+            self.terminate_descendants()
 
     # ------------------------------------------------------------------ result
 

@@ -34,7 +34,7 @@ class OutputRelay:
     def add(self, fd: int, prefix: bytes, target: int) -> None:
         os.set_blocking(fd, False)
         self.streams[fd] = Stream(prefix, target)
-        self.selector.register(fd, selectors.EVENT_READ, self)
+        self.selector.register(fd, selectors.EVENT_READ, self.on_readable)
 
     def on_readable(self, fd: int) -> bool:
         """Read what is there now and emit complete lines. False when nothing was there."""

@@ -1,46 +1,26 @@
-"""The event loop that owns the workers: spawn, reap, forward, tear down. No polling.
+"""The static-mode supervisor: start this node's workers and see them through to an Outcome.
 
-Signal handlers do nothing but let Python write the signal number to a wakeup pipe
-(``signal.set_wakeup_fd``); one ``selectors`` loop sleeps on that pipe and wakes for
-SIGCHLD, SIGINT/TERM/HUP, SIGUSR1/2. Children are reaped with ``waitpid(-1, WNOHANG)``, so a
-failed worker is noticed the moment it dies, not at the next poll, and because the launcher
-is a subreaper the same call reaps adopted orphans and, by raising ``ECHILD``, says when the
-last descendant is gone.
-
-Teardown is torch elastic's TERM -> bounded wait -> KILL -> bounded wait, applied to whole
-process trees (every descendant, however detached) rather than to process groups only.
+Workers are forked and exec'd directly (no shell, no Python middleman), each in its own
+session with ``PR_SET_PDEATHSIG``; fail-fast, forwarding and teardown are the shared event
+loop's (:mod:`hpclaunch.spawner.loop`).
 """
 
 from __future__ import annotations
 
 import os
-import selectors
 import signal
-import sys
-import time
 from dataclasses import dataclass
-from types import FrameType
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Set
+from typing import Callable, Dict, FrozenSet, Mapping, Optional
 
 from hpclaunch.spawner import tree
+from hpclaunch.spawner.inbox import HANDLED_SIGNALS, SignalInbox, reset_in_child
+from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
 from hpclaunch.spawner.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 
-FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
-#: Python ignores these at start-up and an ignored disposition survives exec: without a
-#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
-RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
 #: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
 MAX_FD = 1 << 30
-
-#: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
-#: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
-#: forever would hang the job, so we give up and say so.
-KILL_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,44 +32,6 @@ class SupervisorOptions:
     prefix_output: bool = True
     #: Only these ranks' console output is shown (None: all).
     ranks_filter: Optional[FrozenSet[int]] = None
-
-
-def _ignore(signum: int, frame: Optional[FrameType]) -> None:
-    """Python-level no-op: the C handler has already written ``signum`` to the wakeup fd."""
-
-
-class SignalInbox:
-    """Signals as bytes on a pipe, read by the event loop."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-        self._previous: Dict[int, object] = {}
-        self._previous_fd = -1
-
-    def install(self) -> None:
-        self._previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for sig in HANDLED_SIGNALS:
-            self._previous[sig] = signal.signal(sig, _ignore)
-
-    def drain(self) -> List[int]:
-        received: List[int] = []
-        while True:
-            try:
-                data = os.read(self.read_fd, 512)
-            except BlockingIOError:
-                return received
-            if not data:
-                return received
-            received.extend(data)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._previous_fd)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
 
 
 def spawn_worker(
@@ -117,9 +59,7 @@ def spawn_worker(
     if pid == 0:
         try:
             os.close(err_read)
-            signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS + RESTORED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            reset_in_child()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.setsid()
             tree.set_parent_death_signal(signal.SIGKILL)
@@ -154,10 +94,8 @@ def spawn_worker(
     return pid, b"".join(chunks).decode(errors="replace")
 
 
-class Supervisor:
+class Supervisor(TreeSupervisor):
     """Runs one plan to an :class:`Outcome`; owns every process it starts."""
-
-    RUNNING, TERMINATING, KILLING = "running", "terminating", "killing"
 
     def __init__(
         self,
@@ -168,24 +106,17 @@ class Supervisor:
         inbox: SignalInbox,
         watchdog: tree.Watchdog,
     ) -> None:
+        super().__init__(inbox, options.kill_timeout, options.log)
         self.plan = plan
         self.options = options
         self.base_env = base_env
         self.log_fds = log_fds
-        self.inbox = inbox
         self.watchdog = watchdog
-        self.me = os.getpid()
         self.live: Dict[int, RankSpec] = {}
         self.exec_errors: Dict[int, str] = {}
-        self.no_children = False
-        self.phase = self.RUNNING
-        self.deadline = 0.0
         self.failure: Optional[WorkerFailure] = None
         self.fatal_signal: Optional[int] = None
-        self.killed: Set[int] = set()
         self.leftovers = 0
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.inbox.read_fd, selectors.EVENT_READ, None)
         self.relay = OutputRelay(self.selector)
 
     # ------------------------------------------------------------------ spawning
@@ -235,49 +166,22 @@ class Supervisor:
         self.relay.add(err_read, prefix, 2)
         return pid, error
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ loop hooks
 
-    def handle_signals(self, received: List[int]) -> None:
-        for sig in received:
-            if sig == signal.SIGCHLD:
-                continue  # reaped below, once for any number of SIGCHLDs
-            if sig in FORWARDED_SIGNALS:
-                if self.phase == self.RUNNING:
-                    for pid in self.live:
-                        tree.send(pid, sig)
-                    self.options.log(
-                        f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)"
-                    )
-            elif sig in FATAL_SIGNALS:
-                self.on_fatal_signal(sig)
-        self.reap()
+    def forward(self, sig: int) -> None:
+        for pid in self.live:
+            tree.send(pid, sig)
+        self.log(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
 
-    def on_fatal_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if self.phase == self.RUNNING:
-            if self.failure is None:
-                self.fatal_signal = sig
-            self.options.log(f"got {name}: stopping {len(self.live)} worker(s)")
-            self.begin_terminate()
-        elif self.phase == self.TERMINATING:
-            self.options.log(f"got {name} again: killing now")
-            self.begin_kill()
+    def on_fatal(self, sig: int) -> None:
+        if self.failure is None:
+            self.fatal_signal = sig
+        self.log(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.no_children = True
-                return
-            if pid == 0:
-                self.no_children = False
-                return
-            spec = self.live.pop(pid, None)
-            if spec is None:
-                continue  # an adopted orphan (we are its subreaper)
+    def on_child_exit(self, pid: int, status: int) -> None:
+        spec = self.live.pop(pid, None)
+        if spec is not None:  # else an adopted orphan (we are its subreaper)
             self.on_worker_exit(pid, spec, status)
-        # not reached
 
     def on_worker_exit(self, pid: int, spec: RankSpec, status: int) -> None:
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
@@ -298,78 +202,30 @@ class Supervisor:
             log_path=spec.log_path,
             detail=self.exec_errors.get(pid, ""),
         )
-        self.options.log(f"{self.failure.describe()}: stopping the other workers")
+        self.log(f"{self.failure.describe()}: stopping the other workers")
         self.begin_terminate()
-
-    def no_children_now(self) -> bool:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            self.no_children = True
-            return True
-        if pid != 0:  # reaped an orphan that happened to exit just now
-            return self.no_children_now()
-        self.no_children = False
-        return False
 
     def cleanup_leftovers(self) -> None:
         """Every worker succeeded but left descendants (daemons): stop them too."""
         self.leftovers = len(tree.descendants(self.me))
-        self.options.log(
+        self.log(
             f"all workers exited 0 but {self.leftovers} process(es) they started are still "
             "running: stopping them"
         )
         self.begin_terminate()
 
-    # ------------------------------------------------------------------ teardown
-
     def begin_terminate(self) -> None:
-        self.phase = self.TERMINATING
-        self.deadline = time.monotonic() + self.options.kill_timeout
+        self.start_clock()
         targets = set(self.live) | set(tree.descendants(self.me))
         for pid in targets:
             tree.send(pid, signal.SIGTERM)
 
-    def begin_kill(self) -> None:
-        self.phase = self.KILLING
-        self.deadline = time.monotonic() + KILL_WAIT_SECONDS
-        for _ in range(10):
-            fresh = [p for p in tree.descendants(self.me) if p not in self.killed]
-            if not fresh:
-                break
-            tree.freeze_and_kill(fresh)
-            self.killed.update(fresh)
-        if self.killed:
-            self.options.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
-
     def finished(self) -> bool:
         return not self.live and self.no_children
 
-    def loop(self) -> None:
-        try:
-            self.reap()
-            while not self.finished():
-                timeout = None
-                if self.phase != self.RUNNING:
-                    timeout = max(0.0, self.deadline - time.monotonic())
-                for key, _ in self.selector.select(timeout):
-                    if key.data is self.relay:
-                        self.relay.on_readable(key.fd)
-                self.handle_signals(self.inbox.drain())
-                if self.finished():
-                    break
-                if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
-                    if self.phase == self.TERMINATING:
-                        self.begin_kill()
-                    else:
-                        self.options.log(
-                            "some processes did not die after SIGKILL (uninterruptible "
-                            "sleep?); giving up on them"
-                        )
-                        return
-        finally:
-            self.relay.drain_all()
-            self.selector.close()
+    def close(self) -> None:
+        self.relay.drain_all()
+        super().close()
 
     def outcome(self) -> Outcome:
         if self.failure is not None:
@@ -384,8 +240,3 @@ class Supervisor:
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
         )
-
-
-def stderr_log(message: str) -> None:
-    sys.stderr.write(f"hpclaunch: {message}\n")
-    sys.stderr.flush()

@@ -1,0 +1,66 @@
+"""Signals as bytes on a pipe: handlers that cannot raise, and one place to wait for them.
+
+Handlers are installed before anything is spawned and do nothing in Python: the C-level
+handler writes the signal number to the wakeup fd and the event loop reads it there. So
+a signal can never interrupt the launcher half-way through bookkeeping (torch elastic's
+handlers raise from wherever the main thread is, and lose the Popens already started).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+from typing import Dict, List, Optional
+
+FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+#: Python ignores these at start-up and an ignored disposition survives exec: without a
+#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _ignore(signum: int, frame: Optional[FrameType]) -> None:
+    """Python-level no-op: the C handler has already written ``signum`` to the wakeup fd."""
+
+
+class SignalInbox:
+    """The launcher's handled signals, readable from :attr:`read_fd`."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self._previous: Dict[int, object] = {}
+        self._previous_fd = -1
+
+    def install(self) -> None:
+        self._previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            self._previous[sig] = signal.signal(sig, _ignore)
+
+    def drain(self) -> List[int]:
+        received: List[int] = []
+        while True:
+            try:
+                data = os.read(self.read_fd, 512)
+            except BlockingIOError:
+                return received
+            if not data:
+                return received
+            received.extend(data)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def reset_in_child() -> None:
+    """In a forked child before exec: default dispositions, no wakeup fd of the parent's."""
+    signal.set_wakeup_fd(-1)
+    for sig in HANDLED_SIGNALS + RESTORED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)

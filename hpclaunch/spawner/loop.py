@@ -1,0 +1,156 @@
+"""The event loop and teardown clock shared by static and elastic mode. No polling.
+
+Signal handlers do nothing but let Python write the signal number to a wakeup pipe
+(``signal.set_wakeup_fd``); one ``selectors`` loop sleeps on that pipe (and on whatever
+other descriptors a subclass registers, with a callback as the key's data) and wakes for
+SIGCHLD, SIGINT/TERM/HUP and SIGUSR1/2. Children are reaped with ``waitpid(-1, WNOHANG)``:
+because the launcher is a subreaper, the same call reaps adopted orphans and, by raising
+``ECHILD``, says when the last descendant is gone.
+
+Teardown is torch elastic's TERM -> bounded wait -> KILL -> bounded wait, applied to whole
+process trees (every descendant, however detached) rather than to process groups only.
+Subclasses say what their children are and how termination starts; the phases, the clock,
+the freeze-and-kill and the "a second signal kills at once" rule live here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from typing import Callable, List, Set
+
+from hpclaunch.spawner import tree
+from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
+
+#: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
+#: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
+#: forever would hang the job, so we give up and say so.
+KILL_WAIT_SECONDS = 10.0
+
+
+class TreeSupervisor:
+    """Phases RUNNING -> TERMINATING (SIGTERM sent, clock running) -> KILLING (SIGKILL sent)."""
+
+    RUNNING, TERMINATING, KILLING = "running", "terminating", "killing"
+
+    def __init__(
+        self, inbox: SignalInbox, kill_timeout: float, log: Callable[[str], None]
+    ) -> None:
+        self.inbox = inbox
+        self.kill_timeout = kill_timeout
+        self.log = log
+        self.me = os.getpid()
+        self.phase = self.RUNNING
+        self.deadline = 0.0
+        self.no_children = False
+        self.killed: Set[int] = set()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(inbox.read_fd, selectors.EVENT_READ, None)
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def forward(self, sig: int) -> None:
+        """Pass SIGUSR1/SIGUSR2 on to the workers (never interpreted by the launcher)."""
+        raise NotImplementedError
+
+    def on_fatal(self, sig: int) -> None:
+        """A first SIGINT/TERM/HUP arrived while running; teardown starts right after."""
+        raise NotImplementedError
+
+    def begin_terminate(self) -> None:
+        """Send the first, polite signal; must call :meth:`start_clock`."""
+        raise NotImplementedError
+
+    def on_child_exit(self, pid: int, status: int) -> None:
+        """A child was reaped (a worker, an agent, or an adopted orphan)."""
+
+    def finished(self) -> bool:
+        return self.no_children
+
+    def close(self) -> None:
+        self.selector.close()
+
+    # ------------------------------------------------------------------ events
+
+    def handle_signals(self, received: List[int]) -> None:
+        for sig in received:
+            if sig in FORWARDED_SIGNALS:
+                if self.phase == self.RUNNING:
+                    self.forward(sig)
+            elif sig in FATAL_SIGNALS:
+                if self.phase == self.RUNNING:
+                    self.on_fatal(sig)
+                    self.begin_terminate()
+                elif self.phase == self.TERMINATING:
+                    self.log(f"got {signal.Signals(sig).name} again: killing now")
+                    self.begin_kill()
+        self.after_signals()
+
+    def after_signals(self) -> None:
+        self.reap()  # once for any number of SIGCHLDs
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.no_children = True
+                return
+            if pid == 0:
+                self.no_children = False
+                return
+            self.on_child_exit(pid, status)
+
+    def no_children_now(self) -> bool:
+        """Reap what is ready; True when no descendant at all is left."""
+        self.reap()
+        return self.no_children
+
+    # ------------------------------------------------------------------ teardown
+
+    def start_clock(self, extra: float = 0.0) -> None:
+        self.phase = self.TERMINATING
+        self.deadline = time.monotonic() + self.kill_timeout + extra
+
+    def terminate_descendants(self) -> None:
+        for pid in tree.descendants(self.me):
+            tree.send(pid, signal.SIGTERM)
+
+    def begin_kill(self) -> None:
+        self.phase = self.KILLING
+        self.deadline = time.monotonic() + KILL_WAIT_SECONDS
+        for _ in range(10):  # again: a process may fork between our walk and its freeze
+            fresh = [p for p in tree.descendants(self.me) if p not in self.killed]
+            if not fresh:
+                break
+            tree.freeze_and_kill(fresh)
+            self.killed.update(fresh)
+        if self.killed:
+            self.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
+
+    def loop(self) -> None:
+        try:
+            self.reap()
+            while not self.finished():
+                timeout = None
+                if self.phase != self.RUNNING:
+                    timeout = max(0.0, self.deadline - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    if key.data is not None:
+                        key.data(key.fd)
+                self.handle_signals(self.inbox.drain())
+                if self.finished():
+                    break
+                if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
+                    if self.phase == self.TERMINATING:
+                        self.begin_kill()
+                    else:
+                        self.log(
+                            "some processes did not die after SIGKILL (uninterruptible "
+                            "sleep?); giving up on them"
+                        )
+                        return
+        finally:
+            self.close()
