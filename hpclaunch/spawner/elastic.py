@@ -28,15 +28,15 @@ import importlib.util
 import json
 import math
 import os
-import secrets
 import selectors
 import signal
 import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from hpclaunch.errors import SpawnError, UsageError
+from hpclaunch.errors import UsageError
 from hpclaunch.spawner import files, tree
+from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     FORWARDED_SIGNALS,
@@ -286,24 +286,6 @@ def log_path_for(plan: LaunchPlan, rank: int) -> Optional[str]:
     if directory is None:
         return None
     return os.path.join(directory, log_file_name(timestamp, rank))
-
-
-def _prepare_log_dir(plan: LaunchPlan) -> None:
-    """Create the log dir now, so a bad one is exit 2 before anything starts (as static)."""
-    directory, _ = _log_naming(plan)
-    if directory is None:
-        return
-    try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-    except OSError as exc:
-        raise SpawnError(
-            f"cannot create log directory {directory} ({exc.strerror}): pass a writable "
-            "--enable_each_rank_log DIR"
-        ) from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise SpawnError(
-            f"log directory {directory} is not writable: pass a writable --enable_each_rank_log DIR"
-        )
 
 
 def require_torch() -> None:
@@ -667,64 +649,47 @@ def run_elastic(
     """
     setup = elastic_setup(plan, options)
     require_torch()
-    _prepare_log_dir(plan)
-    inbox = SignalInbox()
-    inbox.install()  # before anything is created or spawned: no window for a lost signal
-    pid_written = False
-    watchdog: Optional[tree.Watchdog] = None
+    directory, _ = _log_naming(plan)
+    if directory is not None:
+        files.make_log_dir(directory)  # a bad one is exit 2 before anything starts
     result_fd = -1
-    clean = False
-    try:
-        if options.pid_file is not None:
-            files.write_pid_file(options.pid_file, os.getpid())
-            pid_written = True
-        token = secrets.token_hex(16)
-        watchdog = tree.start_watchdog(token, options.pid_file)
-        tree.become_subreaper()
-        tree.load_libc()
-        if options.banner:
-            options.log(options.banner)
-        env = dict(base_env)
-        env[tree.TREE_TOKEN_VAR] = token  # the agent's workers inherit it: the watchdog's mark
-        # torch's knob (read by its c10d rendezvous) for a fresh worker store per attempt. By
-        # default the group-rank-0 agent keeps one store for the workers of every round and
-        # attempt, unprefixed: a worker of a new attempt can read a peer's address or a
-        # barrier count left by the previous one before the peer overwrites it, and then
-        # fails to connect (a restart wasted) or hangs. Seen under load with restarts and
-        # with a node leaving; a user's own setting wins.
-        env.setdefault(SHARED_STORE_KNOB, "1")
-        early = inbox.drain()
-        supervisor_signal = next((s for s in early if s in FATAL_SIGNALS), None)
-        if supervisor_signal is not None:  # asked to stop before anything started
-            clean = True
-            return Outcome(exit_code=128 + supervisor_signal, fatal_signal=supervisor_signal)
-        agent, result_fd = _fork_agent(plan, setup, options, env, inbox, watchdog)
-        watchdog.track(agent)  # its own session: pgid == pid
-        options.log(
-            f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
-            f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
-            f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
-        )
-        supervisor = _ElasticSupervisor(plan, setup, options, inbox, agent, result_fd)
-        supervisor.handle_signals([])
-        supervisor.loop()
-        clean = supervisor.finished()
-        outcome, message = supervisor.outcome()
-        if message:
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
-        return outcome
-    finally:
-        if result_fd >= 0:
-            os.close(result_fd)
-        if watchdog is not None:
-            if clean:
-                watchdog.done()
-            else:
-                watchdog.close()  # EOF without "done": the watchdog kills what is left
-        if pid_written and options.pid_file is not None:
-            tree.remove_pid_file(options.pid_file, os.getpid())
-        inbox.uninstall()
+    with launch_guard(options.pid_file) as guard:
+        try:
+            if options.banner:
+                options.log(options.banner)
+            env = dict(base_env)
+            env[tree.TREE_TOKEN_VAR] = guard.token  # the workers inherit it: the watchdog's mark
+            # torch's knob (read by its c10d rendezvous) for a fresh worker store per attempt.
+            # By default the group-rank-0 agent keeps one store for the workers of every round
+            # and attempt, unprefixed: a worker of a new attempt can read a peer's address or a
+            # barrier count left by the previous one before the peer overwrites it, and then
+            # fails to connect (a restart wasted) or hangs. Seen under load with restarts and
+            # with a node leaving; a user's own setting wins.
+            env.setdefault(SHARED_STORE_KNOB, "1")
+            early = guard.inbox.drain()
+            stop = next((s for s in early if s in FATAL_SIGNALS), None)
+            if stop is not None:  # asked to stop before anything started
+                guard.clean = True
+                return Outcome(exit_code=128 + stop, fatal_signal=stop)
+            agent, result_fd = _fork_agent(plan, setup, options, env, guard.inbox, guard.watchdog)
+            guard.watchdog.track(agent)  # its own session: pgid == pid
+            options.log(
+                f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
+                f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
+                f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
+            )
+            supervisor = _ElasticSupervisor(plan, setup, options, guard.inbox, agent, result_fd)
+            supervisor.handle_signals([])
+            supervisor.loop()
+            guard.clean = supervisor.finished()
+            outcome, message = supervisor.outcome()
+            if message:
+                sys.stderr.write(message + "\n")
+                sys.stderr.flush()
+            return outcome
+        finally:
+            if result_fd >= 0:
+                os.close(result_fd)
 
 
 __all__ = [

@@ -51,19 +51,27 @@ def write_pid_file(path: str, pid: int) -> None:
         os.close(fd)
 
 
+def make_log_dir(directory: str) -> None:
+    """Create the log directory (DeepSpeed's runner expects that) or fail as bad input."""
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SpawnError(
+            f"cannot create log directory {directory} ({exc.strerror}): pass a writable "
+            "--enable_each_rank_log DIR"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SpawnError(
+            f"log directory {directory} is not writable: pass a writable --enable_each_rank_log DIR"
+        )
+
+
 def open_log_files(paths: Iterable[str]) -> Dict[str, int]:
     """Create every rank's log before any worker starts, so a bad log dir spawns nothing."""
     fds: Dict[str, int] = {}
     try:
         for path in paths:
-            directory = os.path.dirname(path) or "."
-            try:
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-            except OSError as exc:
-                raise SpawnError(
-                    f"cannot create log directory {directory} ({exc.strerror}): pass a writable "
-                    "--enable_each_rank_log DIR"
-                ) from None
+            make_log_dir(os.path.dirname(path) or ".")
             try:
                 fds[path] = os.open(path, _CREATE, 0o644)
             except OSError as exc:

@@ -131,7 +131,7 @@ class Watchdog:
     """The launcher's end of the watchdog pipe."""
 
     def __init__(self, write_fd: int) -> None:
-        self._fd: Optional[int] = write_fd
+        self._fd: Optional[int] = write_fd if write_fd >= 0 else None
 
     def track(self, pgid: int) -> None:
         """Tell the watchdog about a worker's process group (= its PID: one session each)."""

@@ -1,0 +1,55 @@
+"""What every launch, static or elastic, sets up before its first child and undoes after.
+
+In order: signal handlers (so no signal is lost or kills us half-way), the PID file, the
+watchdog (so a ``kill -9`` of the launcher still kills everything), then the subreaper bit
+(after the watchdog, which must not be our child). Undone in reverse on every exit path;
+the watchdog is told "done" only when the launch ended with nothing left running, so any
+other exit -- an exception included -- makes it kill whatever carries the launch's token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from hpclaunch.spawner import files, tree
+from hpclaunch.spawner.inbox import SignalInbox
+
+
+@dataclass
+class LaunchGuard:
+    inbox: SignalInbox
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    watchdog: tree.Watchdog = field(default_factory=lambda: tree.Watchdog(-1))
+    #: Set by the caller when the launch ended with no descendant left.
+    clean: bool = False
+
+
+@contextmanager
+def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
+    inbox = SignalInbox()
+    inbox.install()
+    guard = LaunchGuard(inbox)
+    pid_written = False
+    watchdog: Optional[tree.Watchdog] = None
+    try:
+        if pid_file is not None:
+            files.write_pid_file(pid_file, os.getpid())
+            pid_written = True
+        watchdog = tree.start_watchdog(guard.token, pid_file)
+        guard.watchdog = watchdog
+        tree.become_subreaper()
+        tree.load_libc()
+        yield guard
+    finally:
+        if watchdog is not None:
+            if guard.clean:
+                watchdog.done()
+            else:
+                watchdog.close()  # EOF without "done": the watchdog kills what is left
+        if pid_written and pid_file is not None:
+            tree.remove_pid_file(pid_file, os.getpid())
+        inbox.uninstall()
