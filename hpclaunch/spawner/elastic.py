@@ -40,8 +40,8 @@ from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     FORWARDED_SIGNALS,
-    HANDLED_SIGNALS,
     SignalInbox,
+    fork_with_signals_blocked,
     reset_in_child,
 )
 from hpclaunch.spawner.loop import TreeSupervisor
@@ -404,14 +404,7 @@ def _fork_agent(
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    try:
-        pid = os.fork()
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(result_read)
-        os.close(result_write)
-        raise
+    pid, old_mask = fork_with_signals_blocked((result_read, result_write))
     if pid == 0:
         code = 1
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
@@ -64,3 +64,21 @@ def reset_in_child() -> None:
     signal.set_wakeup_fd(-1)
     for sig in HANDLED_SIGNALS + RESTORED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+
+
+def fork_with_signals_blocked(close_on_error: Sequence[int]) -> Tuple[int, Set[int]]:
+    """``os.fork()`` with the handled signals blocked across it; returns (pid, old mask).
+
+    A signal arriving between fork and exec would otherwise run the launcher's handler in
+    the child and write to the launcher's wakeup fd. The parent restores the old mask; the
+    child calls :func:`reset_in_child` and then restores it.
+    """
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for fd in close_on_error:
+            os.close(fd)
+        raise
+    return pid, old_mask

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Mapping, Optional
 
 from hpclaunch.spawner import tree
-from hpclaunch.spawner.inbox import HANDLED_SIGNALS, SignalInbox, reset_in_child
+from hpclaunch.spawner.inbox import SignalInbox, fork_with_signals_blocked, reset_in_child
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
 from hpclaunch.spawner.relay import OutputRelay
@@ -48,14 +48,7 @@ def spawn_worker(
     """
     parent = os.getpid()
     err_read, err_write = os.pipe()  # close-on-exec: EOF means exec succeeded
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    try:
-        pid = os.fork()
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(err_read)
-        os.close(err_write)
-        raise
+    pid, old_mask = fork_with_signals_blocked((err_read, err_write))
     if pid == 0:
         try:
             os.close(err_read)
