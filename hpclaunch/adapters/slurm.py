@@ -318,6 +318,11 @@ class SlurmAdapter:
                 "SLURM_JOB_ID is set but neither SLURM_JOB_NUM_NODES nor SLURM_JOB_NODELIST "
                 f"is: run hpclaunch as a job step ({_SRUN_HINT}), or pass --adapter local"
             )
+        if nodes < 1:
+            raise AdapterError(
+                f"the job has {nodes} nodes according to SLURM_JOB_NUM_NODES/SLURM_NNODES: "
+                f"the Slurm environment is broken; run {_SRUN_HINT}"
+            )
         if nodes > 1:
             raise AdapterError(
                 f"this is the batch shell of a {nodes}-node job, outside srun, so only this "

@@ -122,3 +122,82 @@ def test_gpu_list_fuzz(value: str) -> None:
     except UsageError:
         return
     assert world.world_size >= 1
+
+
+SLURM_KEYS = [
+    "SLURM_JOB_ID",
+    "SLURM_STEP_ID",
+    "SLURM_PROCID",
+    "SLURM_NODEID",
+    "SLURM_LOCALID",
+    "SLURMD_NODENAME",
+    "SLURM_STEP_NODELIST",
+    "SLURM_STEP_NUM_NODES",
+    "SLURM_NNODES",
+    "SLURM_JOB_NODELIST",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_JOB_CPUS_PER_NODE",
+    "CUDA_VISIBLE_DEVICES",
+    "SLURM_STEP_GPUS",
+    "SLURM_JOB_GPUS",
+    "GPU_DEVICE_ORDINAL",
+    "SLURM_GPUS_PER_NODE",
+    "SLURM_GPUS",
+    "SLURM_GPUS_ON_NODE",
+]
+A_STEP = {
+    "SLURM_JOB_ID": "41",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_LOCALID": "0",
+    "SLURMD_NODENAME": "n2",
+    "SLURM_STEP_NODELIST": "n[1-2]",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+    "CUDA_VISIBLE_DEVICES": "0,1",
+}
+env_values = st.one_of(
+    st.text(alphabet="n0123456789[]-,()x ", max_size=16),
+    st.text(max_size=8),
+    st.integers(-3, 70000).map(str),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(SLURM_KEYS), env_values, max_size=8))
+@example({"SLURM_STEP_NODELIST": "n[1-2]0"})
+@example({"SLURM_STEP_ID": "", "SLURM_PROCID": "", "SLURM_NODEID": "", "SLURM_NNODES": "0"})
+@example({"SLURM_STEP_TASKS_PER_NODE": "1(x0)"})
+@example({"SLURM_STEP_NODELIST": "n[99999999999999999999-99999999999999999999]"})
+def test_slurm_environment_fuzz(overrides: dict[str, str]) -> None:
+    """Any Slurm environment: a consistent World or a UsageError, nothing else."""
+    from hpclaunch.adapters.slurm import SlurmAdapter
+
+    env = {**A_STEP, **overrides}
+    adapter = SlurmAdapter(gpu_probe=lambda e: ((), False))
+    try:
+        world = adapter.world(env, WorldOptions())
+    except UsageError:
+        return
+    assert 0 <= world.node_rank < world.num_nodes
+    assert 1 <= world.master_port <= 65535
+    if world.run_id.endswith(".batch"):  # a one-node sbatch shell runs locally
+        assert world.num_nodes == 1 and world.master_addr == "127.0.0.1"
+    else:
+        assert world.master_addr == world.hosts[0].name
+
+
+@given(st.text(alphabet="ab01[]-,x()^ ", max_size=30))
+@example("a[1-3]b[2-1]")
+@example("a[,]")
+def test_hostlist_and_counts_fuzz(expression: str) -> None:
+    from hpclaunch.hostlist import expand_hostlist, parse_counts
+
+    for parse in (expand_hostlist, parse_counts):
+        try:
+            parse(expression)
+        except UsageError:
+            pass
