@@ -232,20 +232,23 @@ def plot(results: Results, series: Dict[str, Dict[str, List[Tuple[int, str]]]],
             ys.append(max(stats.median, 1e-4))
             lo.append(stats.median - stats.low)
             hi.append(stats.high - stats.median)
+        ax.set_yscale("log")  # before drawing: bars and limits are then computed in log space
         drawn = ax.bar(range(len(ys)), ys, yerr=[lo, hi], capsize=3,
                        color=["C0" if lab.startswith("hpclaunch") else "C7" for lab in labels])
         unit = "MiB" if "RSS" in name else "s"
         ax.bar_label(drawn, labels=[f"{y:.3g} {unit}" for y in ys], fontsize=7, padding=2)
-        for value, text in targets.get(name, []):
+        lines = targets.get(name, [])
+        for value, text in lines:
             ax.axhline(value, color="C3", linestyle="--", linewidth=1)
-            ax.text(0.99, value, text, transform=ax.get_yaxis_transform(), color="C3",
-                    fontsize=7, ha="right", va="bottom")
-            low, high = ax.get_ylim()
-            ax.set_ylim(low, max(high, value * 1.5))
+            ax.text(0.01, value, text, transform=ax.get_yaxis_transform(), color="C3",
+                    fontsize=7, ha="left", va="bottom")
+        if ys:
+            marks = ys + [value for value, _ in lines]
+            tops = [y + h for y, h in zip(ys, hi)] + [value for value, _ in lines]
+            ax.set_ylim(min(marks) / 2, max(tops) * 3)
         ax.set_xticks(range(len(ys)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(name)
-        ax.set_yscale("log")
         ax.set_ylabel("MiB" if "RSS" in name else "seconds")
         ax.grid(True, axis="y", which="both", alpha=0.3)
     for ax in flat[index:]:

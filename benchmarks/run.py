@@ -404,16 +404,13 @@ def _judge_cost(n: int) -> Callable[[Results], Tuple[Optional[bool], str]]:
         if hpc is None:
             return None, "not measured"
         parts, met = [], True
-        torch_run = results.median(f"cost/torchrun/{n}")
-        if torch_run:
-            ratio = hpc / torch_run
-            met &= ratio <= 0.1
-            parts.append(f"≤ 0.1× torchrun: {ratio:.3f}×")
-        floor = results.median(f"cost/floor/{n}")
-        if floor:
-            ratio = hpc / floor
-            met &= ratio <= 2.0
-            parts.append(f"≤ 2× bash: {ratio:.1f}×")
+        for key, limit, what in ((f"cost/torchrun/{n}", 0.1, "torchrun"),
+                                 (f"cost/floor/{n}", 2.0, "bash loop")):
+            other = results.median(key)
+            if other:
+                ratio = hpc / other
+                met &= ratio <= limit
+                parts.append(f"≤ {limit:g}× {what}: {ratio:.3g}× {'✓' if ratio <= limit else '✗'}")
         return met, "; ".join(parts)
 
     return judge
@@ -507,6 +504,12 @@ def machine(found: Dict[str, L.Launcher]) -> List[str]:
     return lines
 
 
+def _log(message: str) -> None:
+    """Progress goes to stderr, so stdout carries only the markdown document."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -524,7 +527,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "(default ~/.cache/hpclaunch-bench/pycache)")
     parser.add_argument("--keep-env", action="store_true",
                         help="run launchers with the environment as is (no bytecode cache)")
+    parser.add_argument("--render", type=Path, default=None, metavar="RAW.json",
+                        help="only rebuild the .md/.png from a run's raw samples")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return rerender(args.render, args.out, args.no_plot, _log)
     selected = [name.strip() for name in args.launchers.split(",") if name.strip()]
     unknown = sorted(set(selected) - set(L.LAUNCHERS))
     if unknown or L.HPCLAUNCH not in selected:
@@ -532,10 +539,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not os.access("/usr/bin/time", os.X_OK):
         parser.error("GNU time is needed for peak RSS: apt-get install -y time")
 
-    def log(message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-
+    log = _log
     cfg = config(args.quick, args.reps)
     found = L.find(selected)
     pycache: Optional[Path] = None
@@ -562,7 +566,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host = socket.gethostname().split(".")[0]
     name = f"{stamp}-{host}" + ("-quick" if cfg.quick else "")
     out = args.out or (RESULTS / "raw" if cfg.quick else RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
     header = [
         f"# hpclaunch benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
         + (" (--quick)" if cfg.quick else ""),
@@ -576,37 +579,68 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "- bytecode: " + ("PYTHONDONTWRITEBYTECODE was set, so every launcher ran with "
                           "PYTHONPYCACHEPREFIX (warmed up), as installed packages have .pyc"
                           if pycache else "environment as is"),
-        "",
-        "",
     ]
-    body = table(results, rows)
-    verdicts = [(row.label, *_verdict(results, row)) for row in rows if row.judge is not None]
-    summary = ["", "## Targets (hpclaunch)", ""]
-    for label, met, text in verdicts:
-        mark = "not measured" if met is None else ("met" if met else "MISSED")
-        summary.append(f"- {mark}: {label}: {text}")
-    document = "\n".join(header) + body + "\n" + "\n".join(summary) + "\n"
-    png = out / f"{name}.png"
-    note = None
-    if not args.no_plot:
-        note = plot(results, _plot_series(cfg), _plot_bars(), f"hpclaunch benchmark — "
-                    f"{host}, {stamp}", png, _plot_targets())
-        document += "\n" + (note or f"![benchmark plot]({png.name})") + "\n"
-    sys.stdout.write(document)
-    sys.stdout.flush()
-    (out / f"{name}.md").write_text(document)
     raw = out / "raw" if out == RESULTS else out
     raw.mkdir(parents=True, exist_ok=True)
     (raw / f"{name}.json").write_text(json.dumps(
-        {"config": asdict(cfg), "skipped": skipped,
+        {"config": asdict(cfg), "skipped": skipped, "header": header, "title": f"{host}, {stamp}",
          "samples": {k: [asdict(s) for s in v] for k, v in results.samples.items()}}, indent=1))
-    log(f"wrote {out / (name + '.md')}" + ("" if note or args.no_plot else f" and {png}"))
+    render(results, rows, cfg, header, f"{host}, {stamp}", out / name, args.no_plot, log)
     return 0
 
 
-def _verdict(results: Results, row: Row) -> Tuple[Optional[bool], str]:
-    assert row.judge is not None
-    return row.judge(results)
+def render(results: Results, rows: Sequence[Row], cfg: Config, header: Sequence[str],
+           title: str, stem: Path, no_plot: bool, log: Callable[[str], None]) -> None:
+    """Table, targets and plot from the samples: shared by a run and by ``--render``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    body = table(results, rows)
+    summary = ["", "## Targets (hpclaunch)", ""]
+    for row in rows:
+        if row.judge is None:
+            continue
+        met, text = row.judge(results)
+        mark = "not measured" if met is None else ("met" if met else "MISSED")
+        summary.append(f"- {mark}: {row.label}: {text}")
+    document = "\n".join([*header, "", ""]) + body + "\n" + "\n".join(summary) + "\n"
+    png = stem.with_suffix(".png")
+    note = None
+    if not no_plot:
+        note = plot(results, _plot_series(cfg), _plot_bars(), f"hpclaunch benchmark — {title}",
+                    png, _plot_targets())
+        document += "\n" + (note or f"![benchmark plot]({png.name})") + "\n"
+    sys.stdout.write(document)
+    sys.stdout.flush()
+    stem.with_suffix(".md").write_text(document)
+    log(f"wrote {stem.with_suffix('.md')}" + ("" if note or no_plot else f" and {png}"))
+
+
+def rerender(raw_json: Path, out: Optional[Path], no_plot: bool,
+             log: Callable[[str], None]) -> int:
+    """Rebuild the .md/.png of an earlier run from its raw samples (no process is started),
+    e.g. after the table's presentation changed. The header comes from the JSON, or from
+    the .md written next to it by runs that predate the ``header`` key."""
+    data = json.loads(raw_json.read_text())
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
+                    for k, v in data["config"].items()})
+    samples = {k: [Sample(**s) for s in v] for k, v in data["samples"].items()}
+    name = raw_json.stem
+    default_out = RESULTS / "raw" if cfg.quick else RESULTS
+    out = out or default_out
+    header = data.get("header")
+    if header is None:
+        previous = (out / f"{name}.md").read_text().splitlines()
+        header = previous[: next(i for i, ln in enumerate(previous) if ln.startswith("| #"))]
+        while header and not header[-1].strip():
+            header.pop()
+    title = data.get("title") or ", ".join(reversed(name.split("-", 3)[3:] + [name[:10]]))
+    try:
+        _, _, rows = build(cfg, L.find(list(L.LAUNCHERS)), base_env(None))
+    finally:
+        if _WORLD_FILE is not None:
+            shutil.rmtree(_WORLD_FILE.parent, ignore_errors=True)
+    render(Results(samples, data["skipped"]), rows, cfg, header, title, out / name, no_plot,
+           log)
+    return 0
 
 
 def _plot_series(cfg: Config) -> Dict[str, Dict[str, List[Tuple[int, str]]]]:
