@@ -97,7 +97,7 @@ def base_env(pycache: Optional[Path]) -> Dict[str, str]:
     cached there instead of being recompiled on every start.
 
     This workplace sets PYTHONDONTWRITEBYTECODE=1, and hpclaunch is an editable install with
-    no ``__pycache__``, so every hpclaunch start would compile its sources (20-45 ms here)
+    no ``__pycache__``, so every hpclaunch start would compile its sources (~19 ms here)
     while torch and deepspeed load the .pyc files pip wrote: a handicap no pip-installed user
     has. A private PYTHONPYCACHEPREFIX puts every launcher on the same, realistic footing
     without writing into the source tree.
