@@ -286,9 +286,8 @@ def build(
     # 7. scale --------------------------------------------------------------------------------
     hpc = found[L.HPCLAUNCH]
     ranks = SCALE_NODES * SCALE_SLOTS
-    world_file = _world_file()
     add("scale/world", hpc,
-        lambda d: wall([*hpc.prefix, "--world_info", f"@{world_file}", "--node_rank",
+        lambda d: wall([*hpc.prefix, "--world_info", f"@{_world_file()}", "--node_rank",
                         str(SCALE_NODES - 1), "--dry-run", "--no_python", TRUE], env, d, 60,
                        rss=True, check=_check_plan(ranks, ranks - SCALE_SLOTS)),
         cfg.reps, 60)
@@ -354,7 +353,8 @@ _WORLD_FILE: Optional[Path] = None
 
 def _world_file() -> Path:
     """Plain JSON world_info (the @file form: 16,384 hosts are far beyond the 128 KiB limit
-    of one argument). Written once per run into a temporary directory."""
+    of one argument). Written on first use, once per run, into a temporary directory that
+    ``main`` removes; building the case list alone (the smoke test does) writes nothing."""
     global _WORLD_FILE
     if _WORLD_FILE is None:
         directory = Path(tempfile.mkdtemp(prefix="hpclaunch-bench-world-"))
