@@ -36,8 +36,11 @@ fi
 pip() { "$PYTHON" -m pip install -q --disable-pip-version-check "$@" >&2; }
 "$PYTHON" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
     || { say "installing torch==2.13.0"; pip torch==2.13.0; }
+# torch's CPU wheel runs without numpy but warns on every worker's start; install it.
+"$PYTHON" -c 'import numpy' 2>/dev/null || pip numpy
 
 if [ "${1:-}" = "--test" ]; then
+    [ -x /usr/bin/time ] || apt_install time  # GNU time: the benchmark smoke test's RSS rows
     pip -e "$ROOT[test]"
     PYTHON="$PYTHON" sh "$ROOT/scripts/install-slurm.sh" >&2
     PYTHON="$PYTHON" sh "$ROOT/scripts/install-mpi.sh" >&2

@@ -7,6 +7,6 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=$(sh "$ROOT/scripts/install.sh" --test | tail -n 1)
 cd "$ROOT"
-"$PYTHON" -m ruff check hpclaunch tests examples
+"$PYTHON" -m ruff check hpclaunch tests examples benchmarks
 "$PYTHON" -m mypy
 exec "$PYTHON" -m pytest "$@"
