@@ -14,7 +14,18 @@ import os
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+)
 
 from hpclaunch import __version__
 from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions, select
@@ -22,6 +33,7 @@ from hpclaunch.errors import UsageError
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.plan import Command, LaunchPlan
+    from hpclaunch.spawner.report import Outcome
 
 HELP_EXAMPLES = """examples:
   hpclaunch --nproc_per_node 4 train.py --epochs 3      this machine, 4 workers
@@ -295,20 +307,18 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         sys.stdout.flush()
         return 0
 
-    from hpclaunch.adapters.mpi import is_mpi_identity_var
+    from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
     from hpclaunch.spawner import RunOptions, run
     from hpclaunch.spawner.files import pid_file_path
     from hpclaunch.spawner.report import failure_summary
 
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
     log = _make_log(level)
-    from hpclaunch.spawner import elastic
+    launch: Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome] = run
+    if args.enable_elastic_training:
+        from hpclaunch.spawner import elastic
 
-    launch = (
-        elastic.runner(elastic.options_from_args(args, command))
-        if args.enable_elastic_training
-        else run
-    )
+        launch = elastic.runner(elastic.options_from_args(args, command))
     outcome = launch(
         plan,
         RunOptions(

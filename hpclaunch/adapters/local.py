@@ -7,7 +7,7 @@ local jobs on one machine do not collide.
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Callable, Mapping, Optional, Tuple
 
 from hpclaunch import probe
@@ -70,6 +70,6 @@ class LocalAdapter:
             node_rank=0,
             master_addr=options.master_addr or "127.0.0.1",
             master_port=port,
-            run_id=f"hpclaunch-{uuid.uuid4().hex[:16]}",
+            run_id=f"hpclaunch-{os.urandom(8).hex()}",
             gpu_slots=gpu_slots,
         )
