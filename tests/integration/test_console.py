@@ -115,3 +115,20 @@ def test_version() -> None:
     from hpclaunch import __version__
 
     assert result.stdout.strip() == f"hpclaunch {__version__}"
+
+
+def test_a_closed_console_does_not_kill_the_workers(tmp_path: Path) -> None:
+    """``hpclaunch ... | head -1``: the relay drops output it cannot write, workers go on."""
+    done = tmp_path / "done"
+    script = f"for i in $(seq 1 20000); do echo line $i; done; touch {done}$RANK"
+    proc = subprocess.Popen(
+        launcher_cmd(
+            "-q", "--nproc_per_node", "2", "--no_local_rank", "--no_python", "sh", "-c", script
+        ),
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"[rank")
+    proc.stdout.close()  # like `head -1` exiting
+    assert proc.wait(timeout=60) == 0
+    assert (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
