@@ -1,0 +1,239 @@
+"""Elastic mode's pure half: options, node bounds, rendezvous settings, the worker command.
+
+Everything here is decided before anything is spawned and does no I/O beyond asking
+whether torch is importable, so ``--dry-run`` in elastic mode and the unit tests need
+neither torch nor a process. :mod:`hpclaunch.spawner.elastic` runs what this describes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from hpclaunch.errors import UsageError
+from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
+from hpclaunch.world import World
+
+#: Restarts when ``--max_restarts`` is not given in elastic mode: LaunchConfig's default.
+#: (torchrun's is 0, but a job that cannot restart gains little from the agent.)
+DEFAULT_MAX_RESTARTS = 3
+
+#: Variables torch's agent sets for each worker after each rendezvous; the plan's static
+#: values for them would be wrong as soon as the world changes.
+AGENT_VARS = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+})
+#: Contract variables elastic_worker.py derives from the agent's (see DERIVED there).
+DERIVED_VARS = frozenset({"CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"})
+
+#: c10d rendezvous settings ``--rdzv_conf`` may set (torch ignores unknown keys silently,
+#: so a typo would be lost; we refuse it instead). All are seconds or counts, but is_host.
+RENDEZVOUS_KEYS = (
+    "join_timeout", "last_call_timeout", "close_timeout", "heartbeat_timeout",
+    "keep_alive_interval", "keep_alive_max_attempt", "read_timeout", "is_host",
+)
+
+#: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
+#: the workers and exit before the launcher kills everything itself.
+AGENT_GRACE_SECONDS = 2.0
+
+#: See run_elastic: makes rank 0's worker host a new store for each attempt.
+SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
+
+
+@dataclass(frozen=True)
+class ElasticOptions:
+    """What elastic mode adds to a plan. ``-1`` node bounds mean the world's node count.
+
+    ``rendezvous_conf`` is ``--rdzv_conf`` as given (``key=value,...``), validated by
+    :func:`parse_rendezvous_conf`.
+    """
+
+    command: Command
+    min_nodes: int = -1
+    max_nodes: int = -1
+    max_restarts: Optional[int] = None
+    rendezvous_conf: Optional[str] = None
+    kill_timeout: float = 15.0
+    pid_file: Optional[str] = None
+    log: Callable[[str], None] = lambda message: None
+    debug: bool = False
+    #: Logged once everything that could fail on bad input has been prepared.
+    banner: str = ""
+
+    @property
+    def restarts(self) -> int:
+        return DEFAULT_MAX_RESTARTS if self.max_restarts is None else self.max_restarts
+
+
+@dataclass(frozen=True)
+class ElasticSetup:
+    """Everything the agent needs, validated before anything is spawned."""
+
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int
+    endpoint: str
+    rendezvous_conf: Dict[str, str]
+    argv: Tuple[str, ...]  # the worker command, ``${local_rank}`` where the rank goes
+    nproc_per_node: int
+    shutdown_timeout: int  # torch's TERM -> KILL wait for workers: --kill_timeout, rounded up
+
+
+def options_from_args(args: Any, command: Command) -> ElasticOptions:
+    """ElasticOptions from the CLI's parsed flags (``--min_elastic_nodes`` etc.)."""
+    return ElasticOptions(
+        command=command,
+        min_nodes=args.min_elastic_nodes,
+        max_nodes=args.max_elastic_nodes,
+        max_restarts=args.max_restarts,
+        rendezvous_conf=args.rdzv_conf,
+        debug=not args.quiet and args.log_level.lower() == "debug",
+    )
+
+
+def node_bounds(world: World, min_nodes: int, max_nodes: int) -> Tuple[int, int]:
+    """Resolve ``-1`` to the world's node count and check ``1 <= min <= max``."""
+    lo = world.num_nodes if min_nodes == -1 else min_nodes
+    hi = world.num_nodes if max_nodes == -1 else max_nodes
+    if lo < 1:
+        raise UsageError(
+            f"--min_elastic_nodes {min_nodes} must be at least 1 "
+            f"(or -1 for the world's {world.num_nodes} node(s))"
+        )
+    if hi < lo:
+        raise UsageError(
+            f"--max_elastic_nodes ({hi}{' = the world size' if max_nodes == -1 else ''}) is "
+            f"below --min_elastic_nodes ({lo}): pass --max_elastic_nodes >= {lo}"
+        )
+    return lo, hi
+
+
+def parse_rendezvous_conf(text: Optional[str]) -> Dict[str, str]:
+    """``"last_call_timeout=5,join_timeout=60"`` -> dict; unknown keys and bad values refused."""
+    conf: Dict[str, str] = {}
+    if not text or text == "None":
+        return conf
+    for part in text.split(","):
+        key, eq, value = (s.strip() for s in part.partition("="))
+        if not eq or key not in RENDEZVOUS_KEYS:
+            raise UsageError(
+                f"--rdzv_conf has a bad part {part!r}: use key=value pairs with keys from "
+                f"{', '.join(RENDEZVOUS_KEYS)}"
+            )
+        if key == "is_host":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UsageError(f"--rdzv_conf is_host={value!r}: use true or false")
+        elif not (value.isascii() and value.isdigit()) or int(value) == 0:
+            raise UsageError(f"--rdzv_conf {key}={value!r}: use a whole number of seconds > 0")
+        conf[key] = value
+    return conf
+
+
+def worker_argv_template(command: Command) -> Tuple[str, ...]:
+    """The worker command for torch's agent: ``--local_rank=${local_rank}`` via its macro.
+
+    The agent runs ``string.Template.safe_substitute`` over *every* argument, which would
+    turn a user's ``$$`` into ``$``; so every ``$`` is doubled first, and only our own
+    ``${local_rank}`` is left for torch to fill in.
+    """
+    first, second = worker_argv(command, 0), worker_argv(command, 1)
+    out = []
+    for a, b in zip(first, second):
+        if a != b:  # the one place the local rank goes (only if --local_rank is passed)
+            out.append("--local_rank=${local_rank}")
+        else:
+            out.append(a.replace("$", "$$"))
+    return tuple(out)
+
+
+def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
+    """Validate the options against the plan: raises UsageError, spawns nothing."""
+    world = plan.world
+    lo, hi = node_bounds(world, options.min_nodes, options.max_nodes)
+    if options.restarts < 0:
+        raise UsageError(f"--max_restarts {options.restarts} must be >= 0")
+    conf = parse_rendezvous_conf(options.rendezvous_conf)
+    # The node with rank 0 hosts the rendezvous store, as it hosts rank 0 in static mode;
+    # torch's own guess (does master_addr name this machine?) fails behind NAT or aliases.
+    conf.setdefault("is_host", "true" if world.node_rank == 0 else "false")
+    addr = world.master_addr
+    host = f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+    return ElasticSetup(
+        min_nodes=lo,
+        max_nodes=hi,
+        max_restarts=options.restarts,
+        endpoint=f"{host}:{world.master_port}",
+        rendezvous_conf=conf,
+        argv=worker_argv_template(options.command),
+        nproc_per_node=len(plan.workers),
+        shutdown_timeout=int(math.ceil(options.kill_timeout)),
+    )
+
+
+def describe(plan: LaunchPlan, options: ElasticOptions) -> Dict[str, Any]:
+    """The ``elastic`` key of ``--dry-run``: what the agent will be given."""
+    setup = elastic_setup(plan, options)
+    return {
+        "min_nodes": setup.min_nodes,
+        "max_nodes": setup.max_nodes,
+        "max_restarts": setup.max_restarts,
+        "rendezvous": {
+            "backend": "c10d",
+            "endpoint": setup.endpoint,
+            "run_id": plan.world.run_id,
+            "conf": setup.rendezvous_conf,
+        },
+        "nproc_per_node": setup.nproc_per_node,
+        "worker_argv": list(setup.argv),
+        "agent_sets": sorted(AGENT_VARS | {"TORCHELASTIC_RESTART_COUNT"}),
+    }
+
+
+def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
+    """elastic_worker.py's JSON: per local rank the plan's fixed variables and cores."""
+    ranks = []
+    for spec in plan.workers:
+        env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
+        ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None})
+    log_dir, timestamp = log_naming(plan)
+    return json.dumps(
+        {"agent": agent_pid, "ranks": ranks, "log_dir": log_dir, "log_timestamp": timestamp},
+        separators=(",", ":"),
+    )
+
+
+def log_naming(plan: LaunchPlan) -> Tuple[Optional[str], str]:
+    """(log dir, timestamp) as the plan chose them for static mode, or (None, "")."""
+    for spec in plan.workers:
+        if spec.log_path is None:
+            continue
+        directory, name = os.path.split(spec.log_path)
+        suffix = log_file_name("", spec.rank)
+        if name.endswith(suffix):
+            return directory, name[: -len(suffix)]
+    return None, ""
+
+
+def log_path_for(plan: LaunchPlan, rank: int) -> Optional[str]:
+    """Where the worker with global rank ``rank`` writes its log (elastic ranks vary)."""
+    directory, timestamp = log_naming(plan)
+    if directory is None:
+        return None
+    return os.path.join(directory, log_file_name(timestamp, rank))
+
+
+def require_torch() -> None:
+    """Fail as a usage error (exit 2, nothing spawned) if torch is absent; imports nothing."""
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            "--enable_elastic_training needs torch in this Python: pip install torch "
+            "(or run without elastic mode)"
+        )
