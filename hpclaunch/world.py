@@ -15,8 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.errors import WorldInfoError
 
@@ -27,22 +26,14 @@ MAX_WORLD_INFO_BYTES = 64 * 1024 * 1024
 DEFAULT_MASTER_PORT = 29500
 
 
-@dataclass(frozen=True)
-class Host:
+class Host(NamedTuple):
     """One node of the world: its name as the world lists it, and its slot (GPU) ids."""
 
     name: str
     slots: Tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class World:
-    """An immutable world: ordered hosts, this node's index, and the rendezvous address.
-
-    ``gpu_slots`` says whether slot ids are GPU ids (then workers get ``CUDA_VISIBLE_DEVICES``)
-    or merely process slots (CPU-only worlds). ``run_id`` is shared by every node of the job.
-    """
-
+class _WorldFields(NamedTuple):
     hosts: Tuple[Host, ...]
     node_rank: int
     master_addr: str
@@ -50,7 +41,33 @@ class World:
     run_id: str
     gpu_slots: bool = True
 
-    def __post_init__(self) -> None:
+
+class World(_WorldFields):
+    """An immutable world: ordered hosts, this node's index, and the rendezvous address.
+
+    ``gpu_slots`` says whether slot ids are GPU ids (then workers get ``CUDA_VISIBLE_DEVICES``)
+    or merely process slots (CPU-only worlds). ``run_id`` is shared by every node of the job.
+    Validated when built, so no adapter can hand the spawner an impossible world. (A
+    NamedTuple rather than a frozen dataclass: ``dataclasses`` imports ``inspect``, which
+    alone was half of the launcher's import time.)
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        hosts: Tuple[Host, ...],
+        node_rank: int,
+        master_addr: str,
+        master_port: int,
+        run_id: str,
+        gpu_slots: bool = True,
+    ) -> World:
+        self = super().__new__(cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots)
+        self._validate()
+        return self
+
+    def _validate(self) -> None:
         validate_hosts(self.hosts)
         if not 0 <= self.node_rank < len(self.hosts):
             raise WorldInfoError(

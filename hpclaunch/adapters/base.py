@@ -7,8 +7,7 @@ anything and never write the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 try:  # Python >= 3.8
     from typing import Protocol
@@ -18,8 +17,7 @@ except ImportError:  # pragma: no cover
 from hpclaunch.world import World
 
 
-@dataclass(frozen=True)
-class WorldOptions:
+class WorldOptions(NamedTuple):
     """The launcher flags that shape a World. ``None`` means "not given": the adapter decides."""
 
     node_rank: Optional[int] = None

@@ -8,8 +8,7 @@ nothing and surface as :class:`~hpclaunch.errors.SpawnError` (exit 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, FrozenSet, Mapping, Optional
+from typing import Callable, FrozenSet, Mapping, NamedTuple, Optional
 
 from hpclaunch.spawner import files
 from hpclaunch.spawner.guard import launch_guard
@@ -18,8 +17,7 @@ from hpclaunch.spawner.report import Outcome
 from hpclaunch.spawner.supervisor import Supervisor, SupervisorOptions
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(NamedTuple):
     kill_timeout: float = 15.0
     pid_file: Optional[str] = None
     log: Callable[[str], None] = lambda message: None

@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from hpclaunch.spawner import files, tree
 from hpclaunch.spawner.inbox import SignalInbox
 
 
-@dataclass
 class LaunchGuard:
-    inbox: SignalInbox
-    # os.urandom, not secrets: secrets loads OpenSSL, ~2.5 ms of every launch's start-up
-    token: str = field(default_factory=lambda: os.urandom(16).hex())
-    watchdog: tree.Watchdog = field(default_factory=lambda: tree.Watchdog(-1))
-    #: Set by the caller when the launch ended with no descendant left.
-    clean: bool = False
+    """What a launch gets from :func:`launch_guard`; ``clean`` is the caller's to set."""
+
+    def __init__(self, inbox: SignalInbox) -> None:
+        self.inbox = inbox
+        # os.urandom, not secrets: secrets loads OpenSSL, ~2.5 ms of every launch's start-up
+        self.token = os.urandom(16).hex()
+        self.watchdog = tree.Watchdog(-1)
+        #: Set by the caller when the launch ended with no descendant left.
+        self.clean = False
 
 
 @contextmanager

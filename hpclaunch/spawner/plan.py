@@ -8,15 +8,13 @@ and the log timestamp taken by the caller.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.world import World
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """The user's command, resolved: what to exec and how the script is named.
 
     ``mode`` is ``python`` (``python -u script``), ``module`` (``python -u -m module``) or
@@ -30,8 +28,7 @@ class Command:
     pass_local_rank: bool = True
 
 
-@dataclass(frozen=True)
-class RankSpec:
+class RankSpec(NamedTuple):
     """One local worker: ranks, the exact argv and the variables hpclaunch sets for it."""
 
     rank: int
@@ -45,11 +42,10 @@ class RankSpec:
         return dict(self.env)
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
+class LaunchPlan(NamedTuple):
     adapter: str
     world: World
-    workers: Tuple[RankSpec, ...] = field(default_factory=tuple)
+    workers: Tuple[RankSpec, ...] = ()
 
     @property
     def host(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import selectors
-from dataclasses import dataclass
 from typing import Dict, Set
 
 #: A "line" longer than this is emitted in pieces (each prefixed) rather than held forever.
@@ -18,11 +17,15 @@ MAX_LINE = 1 << 20
 READ_SIZE = 1 << 16
 
 
-@dataclass
 class Stream:
-    prefix: bytes
-    target: int
-    pending: bytes = b""
+    """One worker pipe: the prefix for its lines, where they go, and the unfinished line."""
+
+    __slots__ = ("prefix", "target", "pending")
+
+    def __init__(self, prefix: bytes, target: int) -> None:
+        self.prefix = prefix
+        self.target = target
+        self.pending = b""
 
 
 class OutputRelay:

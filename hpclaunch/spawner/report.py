@@ -8,14 +8,12 @@ tore them down afterwards are consequences and are not reported as failures.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from hpclaunch.spawner.files import tail_lines
 
 
-@dataclass(frozen=True)
-class WorkerFailure:
+class WorkerFailure(NamedTuple):
     rank: int
     local_rank: int
     host: str
@@ -45,8 +43,7 @@ class WorkerFailure:
         return f"{who} on {self.host} {how}"
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened: exit status plus its cause (a worker failure or a fatal signal)."""
 
     exit_code: int

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Mapping, Optional
+from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
 
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.inbox import SignalInbox, fork_with_signals_blocked, reset_in_child
@@ -23,8 +22,7 @@ from hpclaunch.spawner.report import Outcome, WorkerFailure
 MAX_FD = 1 << 30
 
 
-@dataclass(frozen=True)
-class SupervisorOptions:
+class SupervisorOptions(NamedTuple):
     kill_timeout: float = 15.0
     tree_token: str = ""
     log: Callable[[str], None] = lambda message: None
