@@ -19,6 +19,7 @@ from tests.conftest import (
     launcher_cmd,
     marked_env,
     processes_with_mark,
+    require,
     signal_and_await_ack,
     start_launcher,
     wait_no_marked,
@@ -104,8 +105,7 @@ def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
     )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    require(mounted.returncode == 0, f"a mountable tmpfs ({mounted.stderr.decode().strip()})")
     try:
         script = tmp_path / "chatty.py"
         script.write_text("import sys\nfor i in range(100000):\n    print('y' * 100)\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpclaunch.world import MAX_WORLD_INFO_BYTES
-from tests.conftest import ROOT, error_line, run_launcher
+from tests.conftest import ROOT, error_line, require, run_launcher
 
 HOSTILE_NAMES = ["a 0", 'a"=0"', "a'; echo foo", "a\n0", "$(touch pwned)", "-rf"]
 
@@ -48,8 +48,7 @@ def test_hostile_paths_and_args_reach_the_worker_literally(tmp_path: Path, name:
 
 
 def test_foreign_owned_pid_file_is_refused(tmp_path: Path) -> None:
-    if os.getuid() != 0:
-        pytest.skip("needs root to make a file owned by another user")
+    require(os.getuid() == 0, "root (to make a file owned by another user)")
     planted = tmp_path / "99.deepspeed"
     planted.write_text("12345")
     os.chown(planted, 65534, 65534)

@@ -14,21 +14,10 @@ from typing import Iterator, List
 
 import pytest
 
+from tests.conftest import require
 from tests.slurm.cluster import SlurmCluster, missing_programs
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip locally, fail in CI."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true but {what}")
-    pytest.skip(what)
-
-
 def launcher() -> List[str]:
     """The installed ``hpclaunch`` entry point beside this Python, else ``python -m``."""
     script = Path(sys.executable).parent / "hpclaunch"
