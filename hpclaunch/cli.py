@@ -30,6 +30,7 @@ from typing import (
 from hpclaunch import __version__
 from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions, select
 from hpclaunch.errors import UsageError
+from hpclaunch.world import is_decimal
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.plan import Command, LaunchPlan
@@ -215,7 +216,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def parse_ranks_filter(text: str) -> frozenset[int]:
     parts = [p.strip() for p in text.split(",")]
-    if not parts or not all((p.isascii() and p.isdigit()) for p in parts):
+    if not parts or not all(is_decimal(p) for p in parts):
         raise UsageError(f"--ranks_filter {text!r}: give global ranks like 0,3")
     return frozenset(int(p) for p in parts)
 

@@ -10,6 +10,8 @@ import os
 import socket
 from typing import Mapping, Optional, Tuple
 
+from hpclaunch.world import is_decimal
+
 #: The NVIDIA driver lists one directory per GPU here; reading it costs microseconds where
 #: ``import torch; torch.cuda.device_count()`` costs seconds.
 NVIDIA_PROC_DIR = "/proc/driver/nvidia/gpus"
@@ -23,12 +25,21 @@ def parse_gpu_list(value: str) -> Optional[Tuple[int, ...]]:
     ids = []
     for part in value.split(","):
         part = part.strip()
-        if not (part.isascii() and part.isdigit()):
+        if not is_decimal(part):
             return None
         ids.append(int(part))
     if len(set(ids)) != len(ids):
         return None
     return tuple(ids)
+
+
+def gpu_ids_from(value: str) -> Tuple[Tuple[int, ...], bool]:
+    """A GPU variable's ids and whether they can be passed on; UUIDs give a count only."""
+    parsed = parse_gpu_list(value)
+    if parsed is not None:
+        return parsed, True
+    count = len([part for part in value.split(",") if part.strip()])
+    return tuple(range(count)), False
 
 
 def visible_gpus(env: Mapping[str, str]) -> Tuple[Tuple[int, ...], bool]:
@@ -40,11 +51,7 @@ def visible_gpus(env: Mapping[str, str]) -> Tuple[Tuple[int, ...], bool]:
     """
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
-        parsed = parse_gpu_list(cvd)
-        if parsed is not None:
-            return parsed, True
-        count = len([p for p in cvd.split(",") if p.strip()])
-        return tuple(range(count)), False
+        return gpu_ids_from(cvd)
     try:
         count = len(os.listdir(NVIDIA_PROC_DIR))
     except OSError:

@@ -111,6 +111,11 @@ class World(_WorldFields):
         return {h.name: list(h.slots) for h in self.hosts}
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts '¹', which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def validate_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise WorldInfoError(f"master_port {port!r} is out of range: use a TCP port 1..65535")

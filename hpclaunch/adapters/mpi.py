@@ -56,7 +56,7 @@ from hpclaunch.adapters.mpi_identity import (  # noqa: E402 - re-exported for ca
     is_mpi_identity_var,
 )
 from hpclaunch.errors import AdapterError, UsageError
-from hpclaunch.world import Host, World
+from hpclaunch.world import Host, World, is_decimal
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -213,7 +213,7 @@ def close_on_exec(fds: Set[int]) -> None:
 
 def pmi_fd(env: Mapping[str, str]) -> Set[int]:
     value = env.get("PMI_FD", "")
-    return {int(value)} if (value.isascii() and value.isdigit()) else set()
+    return {int(value)} if is_decimal(value) else set()
 
 
 def import_mpi() -> Any:

@@ -34,7 +34,7 @@ from hpclaunch.adapters.base import WorldOptions
 from hpclaunch.adapters.local import local_slots
 from hpclaunch.errors import AdapterError, HostlistError
 from hpclaunch.hostlist import expand_hostlist, parse_counts
-from hpclaunch.world import Host, World
+from hpclaunch.world import Host, World, is_decimal
 
 #: Derived master ports lie in [PORT_BASE, PORT_BASE + PORT_SPAN): unprivileged and below
 #: Linux's default ephemeral range (32768-60999), where a client socket could hold them.
@@ -65,7 +65,7 @@ def _required(env: Mapping[str, str], name: str, why: str) -> str:
 
 def _int_var(env: Mapping[str, str], name: str, why: str) -> int:
     value = _required(env, name, why)
-    if not (value.isascii() and value.isdigit()):
+    if not is_decimal(value):
         raise AdapterError(f"{name}={value!r} is not a non-negative integer: {why}")
     return int(value)
 
@@ -74,7 +74,7 @@ def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
     value = env.get(name, "").strip()
     if not value:
         return None
-    if not (value.isascii() and value.isdigit()):
+    if not is_decimal(value):
         raise AdapterError(f"{name}={value!r} is not a non-negative integer")
     return int(value)
 
@@ -191,11 +191,7 @@ def this_node_gpus(env: Mapping[str, str], gpu_probe: GpuProbe) -> Tuple[Tuple[i
         value = env.get(name)
         if value is None:
             continue
-        parsed = probe.parse_gpu_list(value)
-        if parsed is not None:
-            return parsed, True
-        count = len([part for part in value.split(",") if part.strip()])
-        return tuple(range(count)), False
+        return probe.gpu_ids_from(value)
     return gpu_probe(env)
 
 
@@ -204,7 +200,7 @@ def _gpu_request(value: str, name: str) -> int:
     total = 0
     for part in value.split(","):
         count = part.strip().rsplit(":", 1)[-1]
-        if not (count.isascii() and count.isdigit()):
+        if not is_decimal(count):
             raise AdapterError(f"{name}={value!r} is not a GPU count like 2 or a100:2")
         total += int(count)
     return total
@@ -276,7 +272,7 @@ class SlurmAdapter:
         step = step_id(env)
         if step is None:
             return self._shell_world(env, options, job_id)
-        if not (step.isascii() and step.isdigit()):
+        if not is_decimal(step):
             raise AdapterError(f"SLURM_STEP_ID={step!r} is not a step number")
         hosts = step_nodes(env)
         check_one_task_per_node(env, len(hosts))

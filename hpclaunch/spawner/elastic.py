@@ -265,8 +265,6 @@ class _ElasticSupervisor(TreeSupervisor):
         self.result_fd = result_fd
         self.agent_status: Optional[int] = None
         self.result: Dict[str, Any] = {}
-        self.fatal_signal: Optional[int] = None
-        self.leftovers = 0
         self.buffer = b""
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
-from hpclaunch.world import World
+from hpclaunch.world import World, is_decimal
 
 #: Restarts when ``--max_restarts`` is not given in elastic mode: LaunchConfig's default.
 #: (torchrun's is 0, but a job that cannot restart gains little from the agent.)
@@ -131,7 +131,7 @@ def parse_rendezvous_conf(text: Optional[str]) -> Dict[str, str]:
         if key == "is_host":
             if value.lower() not in ("true", "false", "1", "0"):
                 raise UsageError(f"--rdzv_conf is_host={value!r}: use true or false")
-        elif not (value.isascii() and value.isdigit()) or int(value) == 0:
+        elif not is_decimal(value) or int(value) == 0:
             raise UsageError(f"--rdzv_conf {key}={value!r}: use a whole number of seconds > 0")
         conf[key] = value
     return conf

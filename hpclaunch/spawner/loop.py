@@ -19,7 +19,7 @@ import os
 import selectors
 import signal
 import time
-from typing import Callable, List, Set
+from typing import Callable, List, Optional, Set
 
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
@@ -46,6 +46,10 @@ class TreeSupervisor:
         self.deadline = 0.0
         self.no_children = False
         self.killed: Set[int] = set()
+        #: The SIGINT/TERM/HUP that ended the run, if that is what ended it.
+        self.fatal_signal: Optional[int] = None
+        #: Processes the workers left running after they themselves were done.
+        self.leftovers = 0
         self.selector = selectors.DefaultSelector()
         self.selector.register(inbox.read_fd, selectors.EVENT_READ, None)
 

@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.errors import UsageError
-from hpclaunch.world import World
+from hpclaunch.world import World, is_decimal
 
 
 class Command(NamedTuple):
@@ -117,18 +117,13 @@ def worker_env(world: World, rank: int, local_rank: int) -> Dict[str, str]:
     return env
 
 
-def _is_decimal(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also accepts '¹', which ``int`` refuses."""
-    return text.isascii() and text.isdigit()
-
-
 def parse_core_list(text: str) -> Tuple[int, ...]:
     """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused."""
     cores: List[int] = []
     for part in text.split(","):
         part = part.strip()
         lo, sep, hi = part.partition("-")
-        if not _is_decimal(lo) or (sep and not _is_decimal(hi)):
+        if not is_decimal(lo) or (sep and not is_decimal(hi)):
             raise UsageError(
                 f"--bind_core_list has a bad part {part!r}: use numbers and ranges like 0-7,16-23"
             )

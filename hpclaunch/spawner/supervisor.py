@@ -106,8 +106,6 @@ class Supervisor(TreeSupervisor):
         self.live: Dict[int, RankSpec] = {}
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
-        self.fatal_signal: Optional[int] = None
-        self.leftovers = 0
         self.relay = OutputRelay(self.selector)
 
     # ------------------------------------------------------------------ spawning
