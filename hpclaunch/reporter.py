@@ -1,0 +1,99 @@
+"""The one voice of the launcher: every message a user reads from hpclaunch goes through here.
+
+Adapters, the planner and the spawner never write to stderr themselves; they call the
+process's :class:`Reporter`, which filters by level (``--log_level``/``--quiet``) and writes
+with ``os.write`` so that a closed, broken or vanished console (``2>&-``, ``| head -1``, a
+dead ``tee``) costs the message, never the launch: the exit status and the teardown must not
+depend on whether anyone reads the launcher's output.
+
+Levels mean what they say: ``debug`` adds the plan and every signal sent; ``info`` is the
+banner and what happens to the job; ``warning`` is something the user should act on although
+the job went on; ``error`` is why the job failed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Optional
+
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+
+#: ``--log_level`` names, in the order ``--help`` lists them.
+LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR, "critical": CRITICAL}
+
+#: Where the bytes of one message go; must never raise and should never block for long.
+Sink = Callable[[bytes], None]
+
+
+def stderr_sink(fd: int = 2) -> Sink:
+    """Write to ``fd``; a closed or broken descriptor drops the message instead of raising."""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except InterruptedError:
+                continue
+            except OSError:  # EBADF (2>&-), EPIPE (reader gone), EAGAIN on a full O_NONBLOCK fd
+                return
+            view = view[written:]
+
+    return write
+
+
+class Reporter:
+    """Level-filtered, one-line-per-message output with the ``hpclaunch:`` prefix."""
+
+    def __init__(
+        self, level: int = INFO, sink: Optional[Sink] = None, color: bool = False
+    ) -> None:
+        self.level = level
+        self.sink: Sink = sink if sink is not None else stderr_sink()
+        self.color = color
+
+    def enabled(self, level: int) -> bool:
+        return level >= self.level
+
+    def debug(self, message: str) -> None:
+        self.emit(DEBUG, [message])
+
+    def info(self, message: str) -> None:
+        self.emit(INFO, [message])
+
+    def warning(self, message: str) -> None:
+        self.emit(WARNING, [f"warning: {message}"])
+
+    def error(self, message: str) -> None:
+        self.emit(ERROR, [f"error: {message}"])
+
+    def emit(self, level: int, lines: Iterable[str], highlight: bool = False) -> None:
+        """Write ``lines`` as one block (so other output cannot split it) if ``level`` is on.
+
+        Each line gets the ``hpclaunch: `` prefix unless it already starts with blank space
+        (continuation lines such as a log tail); ``highlight`` makes the first line bold red
+        on a colour console.
+        """
+        if not self.enabled(level):
+            return
+        text = [line if line[:1].isspace() else f"hpclaunch: {line}" for line in lines]
+        if not text:
+            return
+        if highlight and self.color:
+            text[0] = f"\033[1;31m{text[0]}\033[0m"
+        self.sink(("\n".join(text) + "\n").encode(errors="replace"))
+
+
+_current = Reporter()
+
+
+def get() -> Reporter:
+    """The process's reporter (what the CLI configured, else info level to stderr)."""
+    return _current
+
+
+def install(reporter: Reporter) -> Reporter:
+    """Make ``reporter`` the process's reporter; returns the previous one."""
+    global _current
+    previous, _current = _current, reporter
+    return previous
