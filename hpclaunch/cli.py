@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(proc, "--bind_cores_to_rank", action="store_true",
           help="pin each worker to its own share of the allowed cores")
     _flag(proc, "--bind_core_list", default=None, help="cores to share out, e.g. 0-7,16-23")
+    _flag(proc, "--numa_binding", choices=("none", "node", "socket", "exclusive"), default="none",
+          help="bind each worker's CPUs and memory to the NUMA node (or socket) nearest its "
+          "GPU; exclusive: split that node's CPUs between its workers (default none)")
     _flag(proc, "--kill_timeout", type=float, default=15.0,
           help="seconds between SIGTERM and SIGKILL at teardown (default 15)")
     _flag(proc, "--dry_run", action="store_true", help="print the plan as JSON and exit")
@@ -298,6 +301,13 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         log_timestamp=time.strftime("%Y%m%d%H%M%S"),
         bind_cores=bind,
     )
+    if args.numa_binding != "none":
+        from hpclaunch import reporter, topology
+
+        topology.check_flags(args.numa_binding, args.bind_cores_to_rank, args.bind_core_list)
+        level = LOG_LEVELS["error" if args.quiet else args.log_level.lower()]
+        reporter.install(reporter.Reporter(level))  # drop once cli.py installs one for all
+        plan = topology.bind_for_this_machine(plan, args.numa_binding, env)
     if args.dry_run:
         shown = plan.to_json()
         if args.enable_elastic_training:

@@ -202,10 +202,12 @@ def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
     ranks = []
     for spec in plan.workers:
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
-        ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None})
+        ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
+                      "mem_node": spec.mem_node})
     log_dir, timestamp = log_naming(plan)
     return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_dir": log_dir, "log_timestamp": timestamp},
+        {"agent": agent_pid, "ranks": ranks, "log_dir": log_dir, "log_timestamp": timestamp,
+         "binding": os.path.join(os.path.dirname(os.path.abspath(__file__)), "binding.py")},
         separators=(",", ":"),
     )
 

@@ -62,6 +62,10 @@ def main(argv: List[str]) -> None:
     env.update(mine.get("env", {}))
     if mine.get("cpus"):
         os.sched_setaffinity(0, mine["cpus"])
+    if mine.get("mem_node") is not None:  # --numa_binding: hpclaunch/spawner/binding.py
+        import runpy
+
+        runpy.run_path(config["binding"])["prefer_memory_node"](mine["mem_node"])
     log_dir = config.get("log_dir")
     if log_dir:
         # The same name as plan.log_file_name (static mode); this file imports nothing of

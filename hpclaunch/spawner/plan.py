@@ -37,6 +37,8 @@ class RankSpec(NamedTuple):
     env: Tuple[Tuple[str, str], ...]
     log_path: Optional[str] = None
     cpus: Optional[Tuple[int, ...]] = None
+    #: NUMA node the worker's memory is preferred on (--numa_binding); None: not bound
+    mem_node: Optional[int] = None
 
     def env_dict(self) -> Dict[str, str]:
         return dict(self.env)
@@ -66,6 +68,8 @@ class LaunchPlan(NamedTuple):
                 item["log_path"] = spec.log_path
             if spec.cpus is not None:
                 item["cpus"] = list(spec.cpus)
+            if spec.mem_node is not None:
+                item["mem_node"] = spec.mem_node
             workers.append(item)
         return {
             "adapter": self.adapter,

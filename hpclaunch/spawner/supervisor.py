@@ -11,7 +11,7 @@ import os
 import signal
 from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
 
-from hpclaunch.spawner import tree
+from hpclaunch.spawner import binding, tree
 from hpclaunch.spawner.inbox import SignalInbox, fork_with_signals_blocked, reset_in_child
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
@@ -56,8 +56,7 @@ def spawn_worker(
             tree.set_parent_death_signal(signal.SIGKILL)
             if os.getppid() != parent:  # the launcher died before pdeathsig was armed
                 os._exit(1)
-            if spec.cpus is not None:
-                os.sched_setaffinity(0, spec.cpus)
+            binding.bind_self(spec.cpus, spec.mem_node)
             if stdout_fd is not None:
                 os.dup2(stdout_fd, 1)
             if stderr_fd is not None:
