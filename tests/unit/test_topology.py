@@ -285,3 +285,14 @@ def test_exclusive_shares_are_disjoint_whole_cores_within_allowed(
             assert sum(1 for share in shares if core & set(share)) == 1
         sizes = [sum(1 for core in cores if core & set(share)) for share in shares]
         assert max(sizes) - min(sizes) <= 1
+
+
+def test_the_readme_report_is_what_the_recorded_dgx_gives() -> None:
+    readme = (FIXTURES.parent.parent.parent / "README.md").read_text()
+    block = readme.split("```text\nhpclaunch: numa binding exclusive", 1)[1].split("```", 1)[0]
+    shown = ("hpclaunch: numa binding exclusive" + block).strip("\n").splitlines()
+    world = World(hosts=(Host("dgx", tuple(range(8))),), node_rank=0, master_addr="dgx",
+                  master_port=1234, run_id="job", gpu_slots=True)
+    plan = build_plan("explicit", world, Command("train.py", python="py"))
+    _, lines, _ = bind_plan(plan, "exclusive", read_topology(DGX), {}, DGX_ALL)
+    assert shown == ["hpclaunch: " + lines[0]] + lines[1:]
