@@ -458,13 +458,17 @@ def bind_for_this_machine(plan: LaunchPlan, mode: str, env: Mapping[str, str]) -
     root = env.get(ROOT_VAR) or "/"
     allowed = frozenset(os.sched_getaffinity(0))
     topology = read_topology(root, env.get("CUDA_DEVICE_ORDER"))
-    if not binding.memory_binding_supported():
-        topology = topology._replace(mems_allowed=frozenset())
     plan, lines, warnings = bind_plan(plan, mode, topology, env, allowed, root)
+    if any(spec.mem_node is not None for spec in plan.workers):
+        why = binding.memory_binding_unavailable()  # also loads libc, before any fork
+        if why:
+            warnings.append(f"memory binding is not available here ({why}): workers' CPUs "
+                            "are bound, their memory is not")
+            plan = plan._replace(workers=tuple(s._replace(mem_node=None) for s in plan.workers))
+            lines = [line.replace(", memory node ", ", memory unbound, near node ")
+                     for line in lines]
     out = reporter.get()
     for warning in warnings:
         out.warning(warning)
     out.emit(reporter.DEBUG, lines)
-    if any(spec.mem_node is not None for spec in plan.workers):
-        binding.load_libc()
     return plan

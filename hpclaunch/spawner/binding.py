@@ -25,14 +25,33 @@ from typing import Any, Optional, Sequence
 #: set_mempolicy(2) by machine: x86_64 and the generic table (aarch64, riscv64, loongarch64)
 SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "arm64": 237, "riscv64": 237,
                      "loongarch64": 237, "ppc64le": 261, "ppc64": 261, "s390x": 270}
+#: get_mempolicy(2), used once in the launcher to learn whether memory policy calls are allowed
+SYS_GET_MEMPOLICY = {"x86_64": 239, "aarch64": 236, "arm64": 236, "riscv64": 236,
+                     "loongarch64": 236, "ppc64le": 260, "ppc64": 260, "s390x": 269}
 MPOL_PREFERRED = 1
 
 _libc: Optional[Any] = None
 
 
-def memory_binding_supported() -> bool:
-    """Whether this machine's set_mempolicy syscall number is known here."""
-    return os.uname().machine in SYS_SET_MEMPOLICY
+def memory_binding_unavailable() -> str:
+    """Why memory cannot be bound here ("" when it can). Called in the launcher, not a child.
+
+    Containers often refuse the NUMA syscalls (Docker's default seccomp profile allows them
+    only with CAP_SYS_NICE): asking once with a harmless ``get_mempolicy`` finds that out
+    before any worker starts, so the workers' CPUs are still bound and the job still runs.
+    """
+    machine = os.uname().machine
+    if machine not in SYS_SET_MEMPOLICY or machine not in SYS_GET_MEMPOLICY:
+        return f"set_mempolicy's number on {machine} is not known to hpclaunch"
+    import ctypes
+
+    load_libc()
+    assert _libc is not None
+    mode = ctypes.c_int(0)
+    if _libc.syscall(ctypes.c_long(SYS_GET_MEMPOLICY[machine]), ctypes.byref(mode), None,
+                     ctypes.c_ulong(0), None, ctypes.c_ulong(0)) != 0:
+        return f"get_mempolicy failed: {os.strerror(ctypes.get_errno())}"
+    return ""
 
 
 def load_libc() -> None:

@@ -152,3 +152,56 @@ def test_a_gpu_without_a_node_is_reported_and_left_unbound(tmp_path: Path) -> No
     got = records(tmp_path)
     assert got[0]["mempolicy"]["nodes"] == [0] and got[0]["cpus"] == allowed
     assert got[1]["mempolicy"] == {"mode": 0, "nodes": []}
+
+
+def test_elastic_workers_are_bound_too(torch_available: None, tmp_path: Path) -> None:
+    """Elastic mode: torch's agent starts the workers; the shim binds them before exec."""
+    allowed = node0_allowed()
+    result = launch(tmp_path, "exclusive", "--enable_elastic_training", "--kill_timeout", "3")
+    assert result.returncode == 0, result.stderr
+    got = records(tmp_path)
+    half = (len(allowed) + 1) // 2
+    assert got[0]["cpus"] == allowed[:half] and got[1]["cpus"] == allowed[half:]
+    assert got[0]["mempolicy"] == got[1]["mempolicy"] == {"mode": MPOL_PREFERRED, "nodes": [0]}
+    assert got[1]["numa_maps"] == ["prefer:0"]
+
+
+def deny_numa_syscalls() -> None:
+    """preexec_fn: a seccomp filter like Docker's default one without CAP_SYS_NICE, making
+    get_mempolicy and set_mempolicy fail with EPERM (inherited by the launcher's children)."""
+    import ctypes
+
+    numbers = {"x86_64": (238, 239), "aarch64": (237, 236)}[os.uname().machine]
+    seccomp = ctypes.CDLL("libseccomp.so.2")
+    seccomp.seccomp_init.restype = ctypes.c_void_p
+    ctx = ctypes.c_void_p(seccomp.seccomp_init(ctypes.c_uint32(0x7FFF0000)))  # ALLOW
+    for number in numbers:
+        errno_eperm = ctypes.c_uint32(0x00050000 | 1)  # SCMP_ACT_ERRNO(EPERM)
+        assert seccomp.seccomp_rule_add(ctx, errno_eperm, ctypes.c_int(number),
+                                        ctypes.c_uint(0)) == 0
+    assert seccomp.seccomp_load(ctx) == 0
+
+
+def test_where_memory_policy_is_forbidden_cpus_are_still_bound(tmp_path: Path) -> None:
+    allowed = node0_allowed()
+    require(os.uname().machine in ("x86_64", "aarch64") and any(
+        Path(d, "libseccomp.so.2").exists() for d in ("/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64", "/lib64")), "libseccomp.so.2 (apt-get install libseccomp2)")
+    root, out = tmp_path / "root", tmp_path / "out"
+    out.mkdir()
+    write_root(root, allowed)
+    info = base64.b64encode(json.dumps({"localhost": [0, 1]}).encode()).decode()
+    result = subprocess.run(
+        [sys.executable, "-m", "hpclaunch", "--world_info", info, "--master_port",
+         str(free_port()), "--numa_binding", "exclusive", PROBE, "--out", str(out)],
+        env=dict(os.environ, HPCLAUNCH_TOPOLOGY_ROOT=str(root)), preexec_fn=deny_numa_syscalls,
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "hpclaunch: warning: memory binding is not available here (get_mempolicy failed: " \
+        "Operation not permitted): workers' CPUs are bound, their memory is not" in result.stderr
+    got = records(tmp_path)
+    half = (len(allowed) + 1) // 2
+    assert got[0]["cpus"] == allowed[:half] and got[1]["cpus"] == allowed[half:]
+    assert got[0]["mempolicy"] == {"error": "Operation not permitted"}  # the filter held
+    assert got[0]["numa_maps"] == got[1]["numa_maps"] == ["default"]
