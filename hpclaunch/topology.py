@@ -418,6 +418,25 @@ def check_flags(mode: str, bind_cores_to_rank: bool, bind_core_list: Optional[st
         )
 
 
+def job_visible(topology: Topology, env: Mapping[str, str]) -> Topology:
+    """The GPUs CUDA enumerates inside a Slurm job whose devices are cgroup-constrained.
+
+    With ``ConstrainDevices=yes`` Slurm renumbers ``CUDA_VISIBLE_DEVICES`` from 0 while
+    ``SLURM_STEP_GPUS``/``SLURM_JOB_GPUS`` keep the node's indices (device minors), and
+    /proc still lists every GPU of the node: index 0 then means the job's first GPU, not the
+    node's. The two lists differ only in that case; then only the job's GPUs count.
+    """
+    job = env.get("SLURM_STEP_GPUS") or env.get("SLURM_JOB_GPUS") or ""
+    ids = [part.strip() for part in job.split(",")]
+    if not job or not all(part.isdigit() for part in ids):
+        return topology
+    visible = [p.strip() for p in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if p.strip()]
+    if sorted(visible) == sorted(ids):
+        return topology
+    minors = {int(part) for part in ids}
+    return topology._replace(gpus=tuple(g for g in topology.gpus if g.minor in minors))
+
+
 def bind_plan(plan: LaunchPlan, mode: str, topology: Topology, base_env: Mapping[str, str],
               allowed: AbstractSet[int], root: str = "/"
               ) -> Tuple[LaunchPlan, List[str], List[str]]:
@@ -427,6 +446,7 @@ def bind_plan(plan: LaunchPlan, mode: str, topology: Topology, base_env: Mapping
     ``--bind_cores_to_rank`` does; ``node``/``socket`` share their CPUs between the ranks of
     a node, so the thread count is left to the user there.
     """
+    topology = job_visible(topology, base_env)
     specs = [(s.local_rank, s.rank, s.env_dict()) for s in plan.workers]
     bindings, warnings = plan_binding(mode, topology, worker_devices(specs, base_env), allowed)
     if not topology.gpus:

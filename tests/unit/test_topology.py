@@ -296,3 +296,17 @@ def test_the_readme_report_is_what_the_recorded_dgx_gives() -> None:
     plan = build_plan("explicit", world, Command("train.py", python="py"))
     _, lines, _ = bind_plan(plan, "exclusive", read_topology(DGX), {}, DGX_ALL)
     assert shown == ["hpclaunch: " + lines[0]] + lines[1:]
+
+
+def test_slurm_renumbered_devices_mean_the_jobs_gpus() -> None:
+    """ConstrainDevices=yes: CUDA_VISIBLE_DEVICES=0,1 are the job's GPUs 4 and 5 (node 1)."""
+    world = World(hosts=(Host("n0", (0, 1)),), node_rank=0, master_addr="n0",
+                  master_port=1234, run_id="job", gpu_slots=True)
+    plan = build_plan("slurm", world, Command("train.py", python="py"))
+    topo = read_topology(DGX)
+    constrained = {"SLURM_STEP_GPUS": "4,5", "CUDA_VISIBLE_DEVICES": "0,1"}
+    bound, _, _ = bind_plan(plan, "node", topo, constrained, DGX_ALL)
+    assert [s.mem_node for s in bound.workers] == [1, 1]
+    unconstrained = {"SLURM_STEP_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": "0,1"}
+    bound, _, _ = bind_plan(plan, "node", topo, unconstrained, DGX_ALL)
+    assert [s.mem_node for s in bound.workers] == [0, 0]
