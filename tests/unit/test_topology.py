@@ -310,3 +310,34 @@ def test_slurm_renumbered_devices_mean_the_jobs_gpus() -> None:
     unconstrained = {"SLURM_STEP_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": "0,1"}
     bound, _, _ = bind_plan(plan, "node", topo, unconstrained, DGX_ALL)
     assert [s.mem_node for s in bound.workers] == [0, 0]
+
+
+def test_amd_without_kfd_falls_back_to_drm_cards(tmp_path: Path) -> None:
+    """No /sys/class/kfd (amdgpu without KFD): cards of vendor 0x1002, connectors skipped."""
+    for card, pci, node in (("card1", "0000:c1:00.0", "3"), ("card0", "0000:03:00.0", "-1")):
+        device = tmp_path / "sys/class/drm" / card / "device"
+        device.mkdir(parents=True)
+        (device / "vendor").write_text("0x1002\n")
+        (device / "uevent").write_text(f"DRIVER=amdgpu\nPCI_CLASS=38000\nPCI_SLOT_NAME={pci}\n")
+        (device / "numa_node").write_text(node + "\n")
+    (tmp_path / "sys/class/drm/card1-DP-1").mkdir()
+    topo = read_topology(str(tmp_path))
+    assert [(g.vendor, g.pci, g.numa_node) for g in topo.gpus] == [
+        ("AMD", "0000:03:00.0", None), ("AMD", "0000:c1:00.0", 3)]
+
+
+@given(st.frozensets(st.integers(0, 223), min_size=8), st.sampled_from(["node", "socket",
+                                                                           "exclusive"]))
+def test_any_plan_stays_within_the_allowed_cpus(allowed: FrozenSet[int], mode: str) -> None:
+    try:
+        bindings, _ = plan_binding(mode, DGX_TOPO, local(8), allowed)
+    except UsageError:
+        assert mode == "exclusive"  # a node had fewer allowed CPUs than its 4 ranks
+        return
+    given_cpus = [set(b.cpus) for b in bindings if b.cpus]
+    assert all(cpu_set <= allowed for cpu_set in given_cpus)
+    if mode == "exclusive":
+        flat = [c for cpu_set in given_cpus for c in cpu_set]
+        assert len(flat) == len(set(flat))
+    for b in bindings:  # never a CPU of the other socket
+        assert b.cpus is None or {DGX_TOPO.cpu_socket[c] for c in b.cpus} == {b.socket}
