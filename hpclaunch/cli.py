@@ -317,9 +317,10 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
     log = _make_log(level)
     launch: Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome] = run
     if args.enable_elastic_training:
-        from hpclaunch.spawner import elastic
+        from hpclaunch.spawner.elastic import options_from_args
+        from hpclaunch.spawner.elastic.launcher import runner
 
-        launch = elastic.runner(elastic.options_from_args(args, command))
+        launch = runner(options_from_args(args, command))
     outcome = launch(
         plan,
         RunOptions(

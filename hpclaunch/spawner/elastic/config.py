@@ -2,7 +2,7 @@
 
 Everything here is decided before anything is spawned and does no I/O beyond asking
 whether torch is importable, so ``--dry-run`` in elastic mode and the unit tests need
-neither torch nor a process. :mod:`hpclaunch.spawner.elastic` runs what this describes.
+neither torch nor a process. :mod:`hpclaunch.spawner.elastic.launcher` runs what this describes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ AGENT_VARS = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
 })
-#: Contract variables elastic_worker.py derives from the agent's (see DERIVED there).
+#: Contract variables elastic/worker.py derives from the agent's (see DERIVED there).
 DERIVED_VARS = frozenset({"CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"})
 
 #: c10d rendezvous settings ``--rdzv_conf`` may set (torch ignores unknown keys silently,
@@ -45,7 +45,7 @@ AGENT_GRACE_SECONDS = 2.0
 #: See run_elastic: makes rank 0's worker host a new store for each attempt.
 SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
-WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
+WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def describe(plan: LaunchPlan, options: ElasticOptions) -> Dict[str, Any]:
 
 
 def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
-    """elastic_worker.py's JSON: per local rank the plan's fixed variables and cores."""
+    """worker.py's JSON: per local rank the plan's fixed variables and cores."""
     ranks = []
     for spec in plan.workers:
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}

@@ -9,7 +9,7 @@ Three processes share the work:
   ``torch.distributed.launcher.api.elastic_launch(LaunchConfig(...), python)`` with a c10d
   rendezvous at ``master_addr:master_port`` and the world's run id. Nothing private of torch
   is touched (DeepSpeed's elastic mode broke on torch 2.13 by subclassing the agent).
-* Each **worker** starts as :mod:`hpclaunch.spawner.elastic_worker`, which arms pdeathsig,
+* Each **worker** starts as :mod:`hpclaunch.spawner.elastic.worker`, which arms pdeathsig,
   adds the contract's variables the agent does not set, opens the per-rank log and binds
   cores, then ``exec``s the user's command in place.
 
@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.spawner import files, tree
-from hpclaunch.spawner.elastic_setup import (
+from hpclaunch.spawner.elastic.config import (
     AGENT_GRACE_SECONDS,
     DEFAULT_MAX_RESTARTS,
     SHARED_STORE_KNOB,
@@ -117,7 +117,7 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
         return 1
 
     class ConsoleLogs(LogsSpecs):
-        """Workers inherit the launcher's stdout/stderr; elastic_worker.py does per-rank logs.
+        """Workers inherit the launcher's stdout/stderr; elastic/worker.py does per-rank logs.
 
         torch's DefaultLogsSpecs would make a temp dir per run and open each log with
         ``open(path, "w")``: truncated on restart and followed through symlinks.
@@ -298,7 +298,7 @@ class _ElasticSupervisor(TreeSupervisor):
         return self.agent_status is not None and self.no_children
 
     def workers(self) -> List[int]:
-        """The agent's direct children: the workers (each started by elastic_worker.py)."""
+        """The agent's direct children: the workers (each started by elastic/worker.py)."""
         import psutil
 
         try:

@@ -1,0 +1,43 @@
+"""Elastic mode: this node's workers under torch's elastic agent.
+
+* :mod:`~hpclaunch.spawner.elastic.config` -- the pure half: options, node bounds,
+  rendezvous settings and the worker command, decided before anything is spawned (so
+  ``--dry-run`` needs neither torch nor a process);
+* :mod:`~hpclaunch.spawner.elastic.launcher` -- the launcher's loop and the forked agent;
+* :mod:`~hpclaunch.spawner.elastic.worker` -- the first program each worker runs (standard
+  library only; run by path, never imported).
+
+Importing this package imports the pure half only.
+"""
+
+from __future__ import annotations
+
+from hpclaunch.spawner.elastic.config import (
+    DEFAULT_MAX_RESTARTS,
+    WORKER_SHIM,
+    ElasticOptions,
+    ElasticSetup,
+    describe,
+    elastic_setup,
+    log_path_for,
+    node_bounds,
+    options_from_args,
+    parse_rendezvous_conf,
+    require_torch,
+    worker_argv_template,
+)
+
+__all__ = [
+    "DEFAULT_MAX_RESTARTS",
+    "ElasticOptions",
+    "ElasticSetup",
+    "WORKER_SHIM",
+    "describe",
+    "elastic_setup",
+    "log_path_for",
+    "node_bounds",
+    "options_from_args",
+    "parse_rendezvous_conf",
+    "require_torch",
+    "worker_argv_template",
+]
