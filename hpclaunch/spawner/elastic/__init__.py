@@ -1,9 +1,10 @@
 """Elastic mode: this node's workers under torch's elastic agent.
 
 * :mod:`~hpclaunch.spawner.elastic.config` -- the pure half: options, node bounds,
-  rendezvous settings and the worker command, decided before anything is spawned (so
+  rendezvous settings and the worker command, decided when the plan is built (so
   ``--dry-run`` needs neither torch nor a process);
-* :mod:`~hpclaunch.spawner.elastic.launcher` -- the launcher's loop and the forked agent;
+* :mod:`~hpclaunch.spawner.elastic.launcher` -- :func:`run_elastic`, the launcher's loop and
+  the forked agent (imported only to run);
 * :mod:`~hpclaunch.spawner.elastic.worker` -- the first program each worker runs (standard
   library only; run by path, never imported).
 
@@ -19,9 +20,7 @@ from hpclaunch.spawner.elastic.config import (
     ElasticSetup,
     describe,
     elastic_setup,
-    log_path_for,
     node_bounds,
-    options_from_args,
     parse_rendezvous_conf,
     require_torch,
     worker_argv_template,
@@ -34,9 +33,7 @@ __all__ = [
     "WORKER_SHIM",
     "describe",
     "elastic_setup",
-    "log_path_for",
     "node_bounds",
-    "options_from_args",
     "parse_rendezvous_conf",
     "require_torch",
     "worker_argv_template",
