@@ -122,3 +122,41 @@ def test_no_command_and_bad_nproc_are_usage_errors(bad: str) -> None:
             hpclaunch.detect_world({}, nproc_per_node=int(bad))
         else:
             hpclaunch.plan(hpclaunch.detect_world({}, nproc_per_node=1), [])
+
+
+ELASTIC_PROGRAM = """
+import json, sys
+import hpclaunch
+
+world = hpclaunch.detect_world({}, nproc_per_node=2, master_port=int(sys.argv[1]))
+plan = hpclaunch.plan(world, [sys.argv[2], *sys.argv[4:]], log_dir=sys.argv[3],
+                      elastic=hpclaunch.ElasticOptions(max_restarts=0))
+outcome = hpclaunch.launch(plan, kill_timeout=5)
+failure = outcome.failure
+print(json.dumps({"type": type(outcome).__name__, "exit": outcome.exit_code,
+                  "error": outcome.error, "failed_rank": failure.rank if failure else None,
+                  "failed_log": failure.log_path if failure else None,
+                  "planned_log": plan.log_path_for(1)}))
+"""
+
+
+def test_elastic_launch_returns_the_static_outcome_shape(
+    tmp_path: Path, torch_available: None
+) -> None:
+    """Elastic mode through the API: the same Outcome as static mode, and the failed
+    worker's log found where the plan put it (named by the rank the rendezvous gave)."""
+    from tests.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI"))}
+    env["PYTHONPATH"] = str(ROOT)
+    logs = tmp_path / "logs"
+    result = subprocess.run(
+        [sys.executable, "-c", ELASTIC_PROGRAM, str(free_port()), WORKER, str(logs),
+         "--exit-rank", "1", "--code", "7"],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["type"] == "Outcome" and report["exit"] == 7 and report["error"] == ""
+    assert report["failed_rank"] == 1 and report["failed_log"] == report["planned_log"]
+    assert Path(report["failed_log"]).is_file()
