@@ -1,4 +1,5 @@
-"""Command line: parse flags, then adapter -> World -> plan -> spawner. Nothing else lives here.
+"""Command line: parse flags, then the public API's calls (:mod:`hpclaunch.api`): detect_world,
+plan, then a dry run or launch. Nothing else lives here.
 
 Launcher flags end at the first word that is not a launcher flag (or at ``--``); that word
 is the training script and everything after it is the script's, untouched. Flags are never
