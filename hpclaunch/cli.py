@@ -1,4 +1,5 @@
-"""Command line: parse flags, then adapter -> World -> plan -> spawner. Nothing else lives here.
+"""Command line: parse flags, then the public API's calls (:mod:`hpclaunch.api`): detect_world,
+plan, then a dry run or launch. Nothing else lives here.
 
 Launcher flags end at the first word that is not a launcher flag (or at ``--``); that word
 is the training script and everything after it is the script's, untouched. Flags are never
@@ -9,30 +10,17 @@ error, and a script flag that happens to abbreviate a launcher flag is silently 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import time
-from typing import (
-    TYPE_CHECKING,
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    NoReturn,
-    Optional,
-    Sequence,
-    TextIO,
-    Tuple,
-)
+from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
-from hpclaunch import __version__
-from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions, select
+from hpclaunch import __version__, api, reporter
+from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions
 from hpclaunch.errors import UsageError
 from hpclaunch.world import is_decimal
 
 if TYPE_CHECKING:
+    from hpclaunch.spawner.elastic.config import ElasticOptions
     from hpclaunch.spawner.plan import Command, LaunchPlan
     from hpclaunch.spawner.report import Outcome
 
@@ -47,7 +35,10 @@ Everything after the training script is passed to it untouched.
 Exit status: 0 all workers succeeded; c the first failed worker's code; 128+s a signal;
 2 bad invocation (nothing started)."""
 
-LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+LOG_LEVELS = reporter.LEVELS
+
+#: ``--adapter``'s metavar before plug-ins are listed (``--help`` lists them).
+_ADAPTER_METAVAR = "{" + ",".join(ADAPTER_NAMES) + ",...}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +46,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see 'hpclaunch --help')")
+
+    def format_help(self) -> str:
+        """List installed adapter plug-ins among ``--adapter``'s choices: only ``--help``
+        pays for looking them up."""
+        from hpclaunch.adapters import adapter_names
+
+        for action in self._actions:
+            if "--adapter" in action.option_strings:
+                action.metavar = "{" + ",".join(adapter_names()) + "}"
+        return super().format_help()
 
 
 def _flag(parser: argparse._ActionsContainer, name: str, **kwargs: object) -> None:
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hpclaunch {__version__}")
     world = parser.add_argument_group("world")
-    world.add_argument("--adapter", choices=ADAPTER_NAMES, default="auto",
-                       help="where the world comes from (default: auto-detect)")
+    world.add_argument("--adapter", default="auto", metavar=_ADAPTER_METAVAR,
+                       help="where the world comes from (default: auto-detect); "
+                       "installed plug-ins add their names")
     _flag(world, "--node_rank", type=int, default=None, help="this node's index in world_info")
     _flag(world, "--master_addr", default=None, help="address of the node with rank 0")
     _flag(world, "--master_port", type=int, default=None, help="rendezvous TCP port")
@@ -168,53 +170,39 @@ def _none_if_none(value: Optional[str]) -> Optional[str]:
 
 
 def resolve_command(args: argparse.Namespace, script: str, script_args: List[str]) -> Command:
-    from hpclaunch.spawner.plan import Command
+    return api.resolve_command(
+        script,
+        script_args,
+        module=args.module,
+        no_python=args.no_python,
+        local_rank=not args.no_local_rank,
+    )
 
-    if args.module and args.no_python:
-        raise UsageError("--module and --no_python exclude each other: pick one")
-    if args.no_python:
-        path = script if os.sep in script else shutil.which(script)
-        if path is None and os.path.isfile(script):
-            raise UsageError(
-                f"--no_python target {script!r} is not on PATH: name the file as ./{script}"
-            )
-        if path is None or not os.path.isfile(path):
-            raise UsageError(
-                f"--no_python target {script!r} not found: give a path or a command on PATH"
-            )
-        if not os.access(path, os.X_OK):
-            raise UsageError(f"--no_python target {path!r} is not executable: chmod +x it")
-        return Command(script=os.path.abspath(path), args=tuple(script_args), mode="exec",
-                       pass_local_rank=not args.no_local_rank)
-    if args.module:
-        if not all(part.isidentifier() for part in script.split(".")):
-            raise UsageError(f"--module needs a dotted module name, got {script!r}")
-        return Command(script=script, args=tuple(script_args), mode="module",
-                       python=sys.executable, pass_local_rank=not args.no_local_rank)
-    if not os.path.isfile(script):
-        raise UsageError(
-            f"training script {script!r} not found: give the path of a Python script "
-            "(or --module for a module, --no_python for an executable)"
-        )
-    return Command(script=script, args=tuple(script_args), mode="python",
-                   python=sys.executable, pass_local_rank=not args.no_local_rank)
+
+def _world_options(args: argparse.Namespace) -> WorldOptions:
+    return WorldOptions(
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        world_info=args.world_info,
+        nproc_per_node=args.nproc_per_node,
+    )
 
 
 def _validate(args: argparse.Namespace) -> None:
     if args.kill_timeout < 0:
         raise UsageError(f"--kill_timeout {args.kill_timeout:g} must be >= 0 seconds")
-    if args.nproc_per_node is not None and args.nproc_per_node < 1:
-        raise UsageError(f"--nproc_per_node {args.nproc_per_node} must be at least 1")
-    if args.node_rank is not None and args.node_rank < 0:
-        raise UsageError(f"--node_rank {args.node_rank} must be >= 0")
-    if args.master_port is not None and not 1 <= args.master_port <= 65535:
-        raise UsageError(f"--master_port {args.master_port} is out of range: use 1..65535")
+    _world_options(args).check()
     if args.save_pid < 0:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
     if args.log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     if args.ranks_filter is not None:
         parse_ranks_filter(args.ranks_filter)
+    if args.numa_binding != "none":
+        from hpclaunch import topology
+
+        topology.check_flags(args.numa_binding, args.bind_cores_to_rank, args.bind_core_list)
 
 
 def parse_ranks_filter(text: str) -> frozenset[int]:
@@ -224,34 +212,19 @@ def parse_ranks_filter(text: str) -> frozenset[int]:
     return frozenset(int(p) for p in parts)
 
 
-def banner(plan: LaunchPlan, log_dir: Optional[str]) -> str:
-    """One line that says which world this node joined, for the top of a job's log."""
-    world = plan.world
-    ranks = [w.rank for w in plan.workers]
-    span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
-    return (
-        f"{plan.adapter} world: node {world.node_rank}/{world.num_nodes} ({plan.host}), "
-        f"{len(ranks)} worker(s), ranks {span} of {world.world_size}, "
-        f"master {world.master_addr}:{world.master_port}, "
-        f"output: {log_dir if log_dir else 'console'}"
-    )
-
-
 def _use_color(stream: TextIO, env: Dict[str, str]) -> bool:
     """Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
     return stream.isatty() and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
 
 
-def _make_log(level: int):  # type: ignore[no-untyped-def]
-    def log(message: str) -> None:
-        if level <= LOG_LEVELS["info"]:
-            sys.stderr.write(f"hpclaunch: {message}\n")
-            sys.stderr.flush()
-
-    return log
+def _install_reporter(args: argparse.Namespace, env: Dict[str, str]) -> None:
+    """The one voice of this process, at the level --log_level/--quiet asked for."""
+    level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
+    reporter.install(reporter.Reporter(level, color=_use_color(sys.stderr, env)))
 
 
-def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] = None) -> int:
+def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
+    """(flags, training script, its arguments); DeepSpeed's "None" spelling means not given."""
     parser = build_parser()
     launcher_tokens, script, script_args = split_argv(argv, _option_table(parser))
     args = parser.parse_args(launcher_tokens)
@@ -261,110 +234,119 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         )
     args.world_info = _none_if_none(args.world_info)
     args.enable_each_rank_log = _none_if_none(args.enable_each_rank_log)
-    _validate(args)
-    command = resolve_command(args, script, script_args)
-    env = dict(os.environ)
-    options = WorldOptions(
+    return args, script, script_args
+
+
+def _bind_cores(args: argparse.Namespace) -> Optional[Tuple[int, ...]]:
+    """The cores --bind_cores_to_rank shares out: --bind_core_list, else all allowed ones."""
+    if not args.bind_cores_to_rank:
+        return None
+    if args.bind_core_list:
+        from hpclaunch.spawner.plan import parse_core_list
+
+        return parse_core_list(args.bind_core_list)
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def _elastic_options(args: argparse.Namespace) -> Optional[ElasticOptions]:
+    if not args.enable_elastic_training:
+        return None
+    from hpclaunch.spawner.elastic.config import ElasticOptions
+
+    return ElasticOptions(
+        min_nodes=args.min_elastic_nodes,
+        max_nodes=args.max_elastic_nodes,
+        max_restarts=args.max_restarts,
+        rendezvous_conf=args.rdzv_conf,
+    )
+
+
+def _plan(args: argparse.Namespace, command: Command, env: Dict[str, str]) -> LaunchPlan:
+    """The one place the CLI turns flags into a World and a plan."""
+    world = api.detect_world(
+        env,
+        adapter=args.adapter,
+        nproc_per_node=args.nproc_per_node,
         node_rank=args.node_rank,
         master_addr=args.master_addr,
         master_port=args.master_port,
         world_info=args.world_info,
-        nproc_per_node=args.nproc_per_node,
     )
-    adapter = select(env, options, args.adapter)
-    finish = getattr(adapter, "finish", None)
-    if finishers is not None and finish is not None:
-        finishers.append(finish)
-    world = adapter.world(env, options)
-
-    from hpclaunch.spawner.plan import build_plan, parse_core_list
-
-    bind: Optional[Tuple[int, ...]] = None
-    if args.bind_cores_to_rank:
-        if args.bind_core_list:
-            bind = parse_core_list(args.bind_core_list)
-            allowed = os.sched_getaffinity(0)
-            outside = [c for c in bind if c not in allowed]
-            if outside:
-                raise UsageError(
-                    f"--bind_core_list names cores {outside} this launcher may not use "
-                    f"(allowed: {sorted(allowed)})"
-                )
-        else:
-            bind = tuple(sorted(os.sched_getaffinity(0)))
-    log_dir = os.path.abspath(args.enable_each_rank_log) if args.enable_each_rank_log else None
-    plan = build_plan(
-        adapter.name,
+    plan = api.plan(
         world,
         command,
-        log_dir=log_dir,
-        log_timestamp=time.strftime("%Y%m%d%H%M%S"),
-        bind_cores=bind,
+        log_dir=args.enable_each_rank_log,
+        bind_cores=_bind_cores(args),
+        elastic=_elastic_options(args),
     )
     if args.numa_binding != "none":
-        from hpclaunch import reporter, topology
+        from hpclaunch import topology
 
-        topology.check_flags(args.numa_binding, args.bind_cores_to_rank, args.bind_core_list)
-        level = LOG_LEVELS["error" if args.quiet else args.log_level.lower()]
-        reporter.install(reporter.Reporter(level))  # drop once cli.py installs one for all
         plan = topology.bind_for_this_machine(plan, args.numa_binding, env)
-    if args.dry_run:
-        shown = plan.to_json()
-        if args.enable_elastic_training:
-            from hpclaunch.spawner import elastic
+    return plan
 
-            shown["elastic"] = elastic.describe(plan, elastic.options_from_args(args, command))
-        sys.stdout.write(json.dumps(shown) + "\n")
+
+def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> Outcome:
+    """The one place the CLI runs a plan."""
+    from hpclaunch.spawner.files import pid_file_path
+
+    return api.launch(
+        plan,
+        env=env,
+        kill_timeout=args.kill_timeout,
+        pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
+        prefix_output=not args.no_prefix and plan.world.world_size > 1,
+        ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
+    )
+
+
+def _report(outcome: Outcome) -> None:
+    """Why the launch failed, if it did: the failed worker's summary, or the launcher's error."""
+    voice = reporter.get()
+    if outcome.failure is not None:
+        from hpclaunch.spawner.report import failure_summary
+
+        # failure_summary's lines carry their own ``hpclaunch:`` prefixes (continuation
+        # lines indented after it), so they go to the reporter's sink as they are, at its
+        # error level and in its colours.
+        if voice.enabled(reporter.ERROR):
+            lines = failure_summary(outcome.failure)
+            if voice.color:
+                lines[0] = f"\033[1;31m{lines[0]}\033[0m"
+            voice.sink(("\n".join(lines) + "\n").encode(errors="replace"))
+    elif outcome.error:
+        voice.emit(reporter.ERROR, [outcome.error], highlight=True)
+
+
+def _main(argv: Sequence[str]) -> int:
+    args, script, script_args = _parse(argv)
+    _validate(args)
+    env = dict(os.environ)
+    _install_reporter(args, env)
+    command = resolve_command(args, script, script_args)
+    plan = _plan(args, command, env)
+    if args.dry_run:
+        import json
+
+        sys.stdout.write(json.dumps(plan.to_json()) + "\n")
         sys.stdout.flush()
         return 0
-
-    from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
-    from hpclaunch.spawner import RunOptions, run
-    from hpclaunch.spawner.files import pid_file_path
-    from hpclaunch.spawner.report import failure_summary
-
-    level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
-    log = _make_log(level)
-    launch: Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome] = run
-    if args.enable_elastic_training:
-        from hpclaunch.spawner import elastic
-
-        launch = elastic.runner(elastic.options_from_args(args, command))
-    outcome = launch(
-        plan,
-        RunOptions(
-            kill_timeout=args.kill_timeout,
-            pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
-            log=log,
-            banner=banner(plan, log_dir),
-            prefix_output=not args.no_prefix and world.world_size > 1,
-            ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
-        ),
-        # Workers are not the processes an MPI launcher started: an inherited PMI/PMIx
-        # identity would make a worker's MPI_Init claim to be this launcher's rank.
-        {k: v for k, v in env.items() if not is_mpi_identity_var(k)},
-    )
-    if outcome.failure is not None:
-        lines = failure_summary(outcome.failure)
-        if _use_color(sys.stderr, env):
-            lines[0] = f"\033[1;31m{lines[0]}\033[0m"
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
+    outcome = _launch(args, plan, env)
+    _report(outcome)
     return outcome.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    finishers: List[Callable[[int], None]] = []
     try:
-        status = _main(sys.argv[1:] if argv is None else list(argv), finishers)
+        status = _main(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
-        message = " ".join(str(exc).split())
-        sys.stderr.write(f"hpclaunch: error: {message}\n")
-        sys.stderr.flush()
+        reporter.get().error(" ".join(str(exc).split()))
         status = 2
-    # An adapter with ``finish`` (MPI) ends its job by the exit status: under mpirun a
-    # non-zero status must abort every node's launcher, not only this one.
-    for finish in finishers:
-        finish(status)
+    # An adapter that holds something until exit (MPI) ends it by the exit status: under
+    # mpirun a non-zero status must abort every node's launcher, not only this one.
+    try:
+        api.finish(status)
+    except UsageError as exc:  # a plug-in's finish() failed
+        reporter.get().error(" ".join(str(exc).split()))
+        status = status or 2
     return status
-

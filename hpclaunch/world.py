@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 from hpclaunch.errors import WorldInfoError
 
@@ -223,8 +223,3 @@ def parse_world_info_text(text: str) -> Tuple[Host, ...]:
     if stripped.startswith("{") or stripped.startswith("["):
         return parse_world_info_json(stripped)
     return decode_world_info(stripped)
-
-
-def world_info_is_given(value: Optional[str]) -> bool:
-    """DeepSpeed's runner passes the string ``None`` to mean "not given"."""
-    return value is not None and value != "None"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Mapping, Tuple
 
-from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.base import BaseAdapter, WorldOptions
 from hpclaunch.errors import AdapterError, WorldInfoError
 from hpclaunch.world import (
     DEFAULT_MASTER_PORT,
@@ -57,7 +57,7 @@ def derived_run_id(hosts: Tuple[Host, ...], master_addr: str, master_port: int) 
     return f"hpclaunch-{digest[:16]}"
 
 
-class ExplicitAdapter:
+class ExplicitAdapter(BaseAdapter):
     """World from flags alone; the environment plays no part."""
 
     name = "explicit"

@@ -11,7 +11,7 @@ import os
 from typing import Callable, Mapping, Optional, Tuple
 
 from hpclaunch import probe
-from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.base import BaseAdapter, WorldOptions
 from hpclaunch.errors import AdapterError
 from hpclaunch.world import DEFAULT_MASTER_PORT, Host, World
 
@@ -35,7 +35,7 @@ def local_slots(
     return tuple(range(nproc_per_node)), False
 
 
-class LocalAdapter:
+class LocalAdapter(BaseAdapter):
     name = "local"
 
     def __init__(

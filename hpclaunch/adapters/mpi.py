@@ -27,10 +27,11 @@ exit status in :meth:`MPIAdapter.finish`: ``MPI_Finalize`` on 0, ``MPI_Abort(sta
 otherwise. Abort, not a bare non-zero exit without finalising: that ends the job under
 OpenMPI but leaves MPICH's mpiexec waiting across hosts, and Abort is what the MPI standard
 defines for "end everything". A launcher killed outright (OOM killer) is still an MPI rank
-dying by a signal, so the job ends too. ``hpclaunch.cli.main`` calls ``finish`` last, with
-the status it exits with (also 2 for a usage error raised after ``world``). If nothing calls
-it, mpi4py finalises at exit: a success stays a success, only the spreading of a failure is
-lost.
+dying by a signal, so the job ends too. ``hpclaunch.finish`` (which ``hpclaunch.cli.main``
+calls last) calls it with the status the launcher exits with (also 2 for a usage error
+raised after ``world``, and for a broken exchange, which must end every rank). If nothing
+calls it, mpi4py finalises at exit: a success stays a success, only the spreading of a
+failure is lost.
 
 Workers stay free to use MPI or not: they are separate processes that never share the
 launcher's MPI state. The descriptors MPI opened in the launcher are made close-on-exec,
@@ -46,10 +47,10 @@ import ipaddress
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from hpclaunch import probe
-from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.base import BaseAdapter, WorldOptions
 from hpclaunch.adapters.local import local_slots
 from hpclaunch.adapters.mpi_identity import (  # noqa: E402 - re-exported for callers
     MPI_RANK_VARS,
@@ -234,7 +235,7 @@ def import_mpi() -> Any:
 # --------------------------------------------------------------------------- the adapter
 
 
-class MPIAdapter:
+class MPIAdapter(BaseAdapter):
     """World from one allgather among the launchers that mpirun started, one per node."""
 
     name = "mpi"
@@ -253,8 +254,11 @@ class MPIAdapter:
         rank = comm.Get_rank()
         try:
             records = comm.allgather(local_record(env, options, rank))
-        except Exception as exc:  # the exchange itself broke: only Abort is sure to end all
-            self._abort(f"the MPI exchange between launchers failed ({exc})", 2)
+        except Exception as exc:
+            # The exchange itself broke, so peers may be stuck in it: only MPI_Abort is sure
+            # to end them all, and :meth:`finish` (status 2, after the caller has reported
+            # this error) is what calls it.
+            raise AdapterError(f"the MPI exchange between launchers failed ({exc})") from None
         # After the exchange: MPI opens its connections lazily, on first communication.
         close_on_exec((open_fds() - before) | pmi_fd(env))
         try:
@@ -280,11 +284,6 @@ class MPIAdapter:
         sys.stderr.flush()
         mpi.COMM_WORLD.Abort(status if 0 < status < 256 else 1)
 
-    def _abort(self, message: str, status: int) -> NoReturn:
-        sys.stderr.write(f"hpclaunch: error: {message}\n")
-        sys.stderr.flush()
-        self._mpi.COMM_WORLD.Abort(status)
-        raise SystemExit(status)  # not reached: Abort ends this process
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from hpclaunch import probe
-from hpclaunch.adapters.base import WorldOptions
+from hpclaunch.adapters.base import BaseAdapter, WorldOptions
 from hpclaunch.adapters.local import local_slots
 from hpclaunch.errors import AdapterError, HostlistError
 from hpclaunch.hostlist import expand_hostlist, parse_counts
@@ -255,7 +255,7 @@ def _node_rank(env: Mapping[str, str], hosts: Sequence[str], options: WorldOptio
     return node_id
 
 
-class SlurmAdapter:
+class SlurmAdapter(BaseAdapter):
     """World from a Slurm job step (or a one-node sbatch shell)."""
 
     name = "slurm"
@@ -333,6 +333,10 @@ class SlurmAdapter:
             )
         if options.node_rank not in (None, 0):
             raise AdapterError(f"--node_rank {options.node_rank} is impossible in a one-node job")
+        self._notes = (
+            f"not inside srun: job {job_id} has one node, so its workers start from this batch "
+            "shell",
+        )
         gpus, usable = this_node_gpus(env, self._gpu_probe)
         slots, gpu_slots = local_slots(gpus, usable, options.nproc_per_node)
         return World(

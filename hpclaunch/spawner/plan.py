@@ -8,10 +8,13 @@ and the log timestamp taken by the caller.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.world import World, is_decimal
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.elastic.config import ElasticSetup
 
 
 class Command(NamedTuple):
@@ -45,13 +48,29 @@ class RankSpec(NamedTuple):
 
 
 class LaunchPlan(NamedTuple):
+    """This node's share of the job: what ``--dry-run`` prints and what the spawner runs.
+
+    ``log_dir``/``log_timestamp`` name the per-rank logs (elastic mode names a log by the rank
+    a rendezvous assigns, so it needs the parts, not the static paths); ``elastic`` is the
+    validated elastic setup when the workers run under torch's agent.
+    """
+
     adapter: str
     world: World
     workers: Tuple[RankSpec, ...] = ()
+    log_dir: Optional[str] = None
+    log_timestamp: str = ""
+    elastic: Optional[ElasticSetup] = None
 
     @property
     def host(self) -> str:
         return self.world.this_host.name
+
+    def log_path_for(self, rank: int) -> Optional[str]:
+        """Where the worker with global rank ``rank`` writes its log, if logs are on."""
+        if not self.log_dir:
+            return None
+        return os.path.join(self.log_dir, log_file_name(self.log_timestamp, rank))
 
     def to_json(self) -> Dict[str, Any]:
         """The contract's ``--dry-run`` object (plus extra keys; nothing renamed)."""
@@ -71,7 +90,7 @@ class LaunchPlan(NamedTuple):
             if spec.mem_node is not None:
                 item["mem_node"] = spec.mem_node
             workers.append(item)
-        return {
+        shown: Dict[str, Any] = {
             "adapter": self.adapter,
             "node_rank": world.node_rank,
             "master_addr": world.master_addr,
@@ -83,6 +102,9 @@ class LaunchPlan(NamedTuple):
             "run_id": world.run_id,
             "workers": workers,
         }
+        if self.elastic is not None:
+            shown["elastic"] = self.elastic.describe(world.run_id)
+        return shown
 
 
 def worker_argv(command: Command, local_rank: int) -> Tuple[str, ...]:
@@ -166,6 +188,7 @@ def build_plan(
     """Every local worker's spec: ranks by prefix sum, env, argv, log path and cores."""
     ranks = world.global_ranks()
     shares = share_cores(bind_cores, len(ranks)) if bind_cores is not None else None
+    plan = LaunchPlan(adapter=adapter, world=world, log_dir=log_dir, log_timestamp=log_timestamp)
     specs = []
     for local_rank, rank in enumerate(ranks):
         env = worker_env(world, rank, local_rank)
@@ -180,10 +203,8 @@ def build_plan(
                 local_rank=local_rank,
                 argv=worker_argv(command, local_rank),
                 env=tuple(env.items()),
-                log_path=(
-                    os.path.join(log_dir, log_file_name(log_timestamp, rank)) if log_dir else None
-                ),
+                log_path=plan.log_path_for(rank),
                 cpus=cpus,
             )
         )
-    return LaunchPlan(adapter=adapter, world=world, workers=tuple(specs))
+    return plan._replace(workers=tuple(specs))

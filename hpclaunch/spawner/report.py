@@ -44,12 +44,18 @@ class WorkerFailure(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What happened: exit status plus its cause (a worker failure or a fatal signal)."""
+    """What happened: exit status plus its cause, the same shape in static and elastic mode.
+
+    The cause is a worker's ``failure``, a ``fatal_signal`` the launcher got, or, when neither
+    explains a non-zero status (elastic mode's agent failed: a rendezvous timeout, say),
+    ``error``: one line for the user, without the ``hpclaunch:`` prefix.
+    """
 
     exit_code: int
     failure: Optional[WorkerFailure] = None
     fatal_signal: Optional[int] = None
     leftovers_killed: int = 0
+    error: str = ""
 
 
 def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:

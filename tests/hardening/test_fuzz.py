@@ -27,10 +27,10 @@ FUZZ = settings(
 )
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
-    capsys.readouterr()
+def run_cli(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    capfd.readouterr()
     code = cli.main([*argv, "--dry-run", WORKER] if "--dry-run" not in argv else list(argv))
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     if code == 0:
         return code, json.loads(out)
     assert code == 2, (code, err)
@@ -58,9 +58,9 @@ json_values = st.recursive(
 @example({"a": [0, 1], "b": [0]}, 1)
 @example({"a": [0], "a ": [1]}, 0)
 @example({"a": [1e300]}, 0)
-def test_world_info_json_fuzz(capsys: pytest.CaptureFixture[str], value: Any, node: int) -> None:
+def test_world_info_json_fuzz(capfd: pytest.CaptureFixture[str], value: Any, node: int) -> None:
     encoded = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
-    code, result = run_cli(capsys, "--world_info", encoded, "--node_rank", str(node))
+    code, result = run_cli(capfd, "--world_info", encoded, "--node_rank", str(node))
     if code == 0:
         assert isinstance(value, dict) and result["world_info"] == value
         assert result["world_size"] == sum(len(v) for v in value.values())
@@ -71,10 +71,10 @@ def test_world_info_json_fuzz(capsys: pytest.CaptureFixture[str], value: Any, no
 @example("")
 @example("====")
 @example("e30")  # {} without padding
-def test_world_info_raw_text_fuzz(capsys: pytest.CaptureFixture[str], text: str) -> None:
+def test_world_info_raw_text_fuzz(capfd: pytest.CaptureFixture[str], text: str) -> None:
     if text.startswith("@") or text.startswith("-") or "\x00" in text:
         text = "x" + text.replace("\x00", "")
-    run_cli(capsys, f"--world_info={text}")
+    run_cli(capfd, f"--world_info={text}")
 
 
 @FUZZ
@@ -97,13 +97,13 @@ def test_world_info_raw_text_fuzz(capsys: pytest.CaptureFixture[str], text: str)
 @example("1e9", "--master_port")
 @example("nan", "--kill_timeout")
 @example("inf", "--kill_timeout")
-def test_flag_values_fuzz(capsys: pytest.CaptureFixture[str], value: str, flag: str) -> None:
+def test_flag_values_fuzz(capfd: pytest.CaptureFixture[str], value: str, flag: str) -> None:
     if "\x00" in value:
         value = value.replace("\x00", "")
     extra = ["--bind_cores_to_rank"] if flag == "--bind_core_list" else []
     run_cli(
-        capsys, *extra, f"{flag}={value}", "--adapter", "local"
-    ) if flag != "--adapter" else run_cli(capsys, f"{flag}={value}")
+        capfd, *extra, f"{flag}={value}", "--adapter", "local"
+    ) if flag != "--adapter" else run_cli(capfd, f"{flag}={value}")
 
 
 @given(st.text(max_size=30))

@@ -2,7 +2,7 @@
 
 Everything here is decided before anything is spawned and does no I/O beyond asking
 whether torch is importable, so ``--dry-run`` in elastic mode and the unit tests need
-neither torch nor a process. :mod:`hpclaunch.spawner.elastic` runs what this describes.
+neither torch nor a process. :mod:`hpclaunch.spawner.elastic.launcher` runs what this describes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.plan import Command, LaunchPlan, log_file_name, worker_argv
+from hpclaunch.spawner.plan import Command, LaunchPlan, worker_argv
 from hpclaunch.world import World, is_decimal
 
 #: Restarts when ``--max_restarts`` is not given in elastic mode: LaunchConfig's default.
@@ -28,7 +28,7 @@ AGENT_VARS = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
 })
-#: Contract variables elastic_worker.py derives from the agent's (see DERIVED there).
+#: Contract variables elastic/worker.py derives from the agent's (see DERIVED there).
 DERIVED_VARS = frozenset({"CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"})
 
 #: c10d rendezvous settings ``--rdzv_conf`` may set (torch ignores unknown keys silently,
@@ -45,7 +45,7 @@ AGENT_GRACE_SECONDS = 2.0
 #: See run_elastic: makes rank 0's worker host a new store for each attempt.
 SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
-WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic_worker.py")
+WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,12 @@ class ElasticOptions:
     :func:`parse_rendezvous_conf`.
     """
 
-    command: Command
+    #: The workers' command; :func:`hpclaunch.plan` fills it in from its own ``command``.
+    command: Optional[Command] = None
     min_nodes: int = -1
     max_nodes: int = -1
     max_restarts: Optional[int] = None
     rendezvous_conf: Optional[str] = None
-    kill_timeout: float = 15.0
-    pid_file: Optional[str] = None
-    log: Callable[[str], None] = lambda message: None
-    debug: bool = False
-    #: Logged once everything that could fail on bad input has been prepared.
-    banner: str = ""
 
     @property
     def restarts(self) -> int:
@@ -84,19 +79,23 @@ class ElasticSetup:
     rendezvous_conf: Dict[str, str]
     argv: Tuple[str, ...]  # the worker command, ``${local_rank}`` where the rank goes
     nproc_per_node: int
-    shutdown_timeout: int  # torch's TERM -> KILL wait for workers: --kill_timeout, rounded up
 
-
-def options_from_args(args: Any, command: Command) -> ElasticOptions:
-    """ElasticOptions from the CLI's parsed flags (``--min_elastic_nodes`` etc.)."""
-    return ElasticOptions(
-        command=command,
-        min_nodes=args.min_elastic_nodes,
-        max_nodes=args.max_elastic_nodes,
-        max_restarts=args.max_restarts,
-        rendezvous_conf=args.rdzv_conf,
-        debug=not args.quiet and args.log_level.lower() == "debug",
-    )
+    def describe(self, run_id: str) -> Dict[str, Any]:
+        """The ``elastic`` key of ``--dry-run``: what the agent will be given."""
+        return {
+            "min_nodes": self.min_nodes,
+            "max_nodes": self.max_nodes,
+            "max_restarts": self.max_restarts,
+            "rendezvous": {
+                "backend": "c10d",
+                "endpoint": self.endpoint,
+                "run_id": run_id,
+                "conf": self.rendezvous_conf,
+            },
+            "nproc_per_node": self.nproc_per_node,
+            "worker_argv": list(self.argv),
+            "agent_sets": sorted(AGENT_VARS | {"TORCHELASTIC_RESTART_COUNT"}),
+        }
 
 
 def node_bounds(world: World, min_nodes: int, max_nodes: int) -> Tuple[int, int]:
@@ -161,6 +160,8 @@ def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
     if options.restarts < 0:
         raise UsageError(f"--max_restarts {options.restarts} must be >= 0")
     conf = parse_rendezvous_conf(options.rendezvous_conf)
+    if options.command is None:
+        raise UsageError("elastic options need the workers' command (ElasticOptions.command)")
     # The node with rank 0 hosts the rendezvous store, as it hosts rank 0 in static mode;
     # torch's own guess (does master_addr name this machine?) fails behind NAT or aliases.
     conf.setdefault("is_host", "true" if world.node_rank == 0 else "false")
@@ -174,62 +175,37 @@ def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
         rendezvous_conf=conf,
         argv=worker_argv_template(options.command),
         nproc_per_node=len(plan.workers),
-        shutdown_timeout=int(math.ceil(options.kill_timeout)),
     )
 
 
 def describe(plan: LaunchPlan, options: ElasticOptions) -> Dict[str, Any]:
-    """The ``elastic`` key of ``--dry-run``: what the agent will be given."""
-    setup = elastic_setup(plan, options)
-    return {
-        "min_nodes": setup.min_nodes,
-        "max_nodes": setup.max_nodes,
-        "max_restarts": setup.max_restarts,
-        "rendezvous": {
-            "backend": "c10d",
-            "endpoint": setup.endpoint,
-            "run_id": plan.world.run_id,
-            "conf": setup.rendezvous_conf,
-        },
-        "nproc_per_node": setup.nproc_per_node,
-        "worker_argv": list(setup.argv),
-        "agent_sets": sorted(AGENT_VARS | {"TORCHELASTIC_RESTART_COUNT"}),
-    }
+    """The ``elastic`` key of ``--dry-run`` for ``options`` applied to ``plan``."""
+    return elastic_setup(plan, options).describe(plan.world.run_id)
+
+
+def shutdown_timeout(kill_timeout: float) -> int:
+    """torch's TERM -> KILL wait for workers, in whole seconds: ``--kill_timeout``, rounded up."""
+    return int(math.ceil(kill_timeout))
 
 
 def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
-    """elastic_worker.py's JSON: per local rank the plan's fixed variables and cores."""
+    """worker.py's JSON: per local rank the plan's fixed variables and cores."""
     ranks = []
     for spec in plan.workers:
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
         ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
                       "mem_node": spec.mem_node})
-    log_dir, timestamp = log_naming(plan)
+    spawner_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_dir": log_dir, "log_timestamp": timestamp,
-         "binding": os.path.join(os.path.dirname(os.path.abspath(__file__)), "binding.py")},
+        {
+            "agent": agent_pid,
+            "ranks": ranks,
+            "log_dir": plan.log_dir or None,
+            "log_timestamp": plan.log_timestamp,
+            "binding": os.path.join(spawner_dir, "binding.py"),
+        },
         separators=(",", ":"),
     )
-
-
-def log_naming(plan: LaunchPlan) -> Tuple[Optional[str], str]:
-    """(log dir, timestamp) as the plan chose them for static mode, or (None, "")."""
-    for spec in plan.workers:
-        if spec.log_path is None:
-            continue
-        directory, name = os.path.split(spec.log_path)
-        suffix = log_file_name("", spec.rank)
-        if name.endswith(suffix):
-            return directory, name[: -len(suffix)]
-    return None, ""
-
-
-def log_path_for(plan: LaunchPlan, rank: int) -> Optional[str]:
-    """Where the worker with global rank ``rank`` writes its log (elastic ranks vary)."""
-    directory, timestamp = log_naming(plan)
-    if directory is None:
-        return None
-    return os.path.join(directory, log_file_name(timestamp, rank))
 
 
 def require_torch() -> None:

@@ -9,7 +9,7 @@ Three processes share the work:
   ``torch.distributed.launcher.api.elastic_launch(LaunchConfig(...), python)`` with a c10d
   rendezvous at ``master_addr:master_port`` and the world's run id. Nothing private of torch
   is touched (DeepSpeed's elastic mode broke on torch 2.13 by subclassing the agent).
-* Each **worker** starts as :mod:`hpclaunch.spawner.elastic_worker`, which arms pdeathsig,
+* Each **worker** starts as :mod:`hpclaunch.spawner.elastic.worker`, which arms pdeathsig,
   adds the contract's variables the agent does not set, opens the per-rank log and binds
   cores, then ``exec``s the user's command in place.
 
@@ -29,26 +29,17 @@ import os
 import selectors
 import signal
 import sys
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
+from hpclaunch import reporter
 from hpclaunch.spawner import files, tree
-from hpclaunch.spawner.elastic_setup import (
+from hpclaunch.spawner.elastic.config import (
     AGENT_GRACE_SECONDS,
-    DEFAULT_MAX_RESTARTS,
     SHARED_STORE_KNOB,
     WORKER_SHIM,
-    ElasticOptions,
     ElasticSetup,
-    describe,
-    elastic_setup,
-    log_naming,
-    log_path_for,
-    node_bounds,
-    options_from_args,
-    parse_rendezvous_conf,
     require_torch,
-    worker_argv_template,
+    shutdown_timeout,
     worker_config,
 )
 from hpclaunch.spawner.guard import launch_guard
@@ -67,36 +58,26 @@ from hpclaunch.spawner.supervisor import MAX_FD
 if TYPE_CHECKING:
     from hpclaunch.spawner import RunOptions
 
-def runner(
-    elastic: ElasticOptions,
-) -> Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome]:
-    """A drop-in for :func:`hpclaunch.spawner.run` that runs the plan in elastic mode.
 
-    Kill timeout, PID file and logging come from the RunOptions as in static mode. Worker
-    output is not rank-prefixed or filtered here (``prefix_output``, ``ranks_filter``): the
-    agent's workers write straight to the console, or to their per-rank logs.
-    """
+class AgentRun(NamedTuple):
+    """What the forked agent is given besides the plan: decided by the launcher at run time."""
 
-    def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
-        merged = replace(
-            elastic,
-            kill_timeout=options.kill_timeout,
-            pid_file=options.pid_file,
-            log=options.log,
-            banner=options.banner,
-        )
-        return run_elastic(plan, merged, base_env)
-
-    return run
+    setup: ElasticSetup
+    #: torch's TERM -> KILL wait for its workers (``--kill_timeout``, whole seconds).
+    shutdown_timeout: int
+    #: Whether torch's agent logs at info level (the launcher's reporter is at debug).
+    debug: bool
 
 
 # --------------------------------------------------------------------------- the agent
 
 
-def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: int) -> int:
+def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int) -> int:
     """Body of the forked agent process: run torch's elastic agent, report one JSON line."""
 
     import logging
+
+    setup = run.setup
 
     def report(message: Dict[str, Any]) -> None:
         data = (json.dumps(message) + "\n").encode()
@@ -117,7 +98,7 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
         return 1
 
     class ConsoleLogs(LogsSpecs):
-        """Workers inherit the launcher's stdout/stderr; elastic_worker.py does per-rank logs.
+        """Workers inherit the launcher's stdout/stderr; elastic/worker.py does per-rank logs.
 
         torch's DefaultLogsSpecs would make a temp dir per run and open each log with
         ``open(path, "w")``: truncated on restart and followed through symlinks.
@@ -140,11 +121,17 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
                 error_files={r: "" for r in ranks},
             )
 
-    if debug:
-        logging.basicConfig(level=logging.INFO, format="hpclaunch agent: %(message)s")
+    class ToReporter(logging.Handler):
+        """torch's agent log, as the launcher's debug messages (the one voice)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            reporter.get().debug(f"agent: {record.getMessage()}")
+
+    if run.debug:
+        logging.basicConfig(level=logging.INFO, handlers=[ToReporter()])
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
-            logger.setLevel(logging.INFO if debug else logging.WARNING)
+            logger.setLevel(logging.INFO if run.debug else logging.WARNING)
 
     config = LaunchConfig(
         min_nodes=setup.min_nodes,
@@ -158,7 +145,7 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
         max_restarts=setup.max_restarts,
         start_method="spawn",
         signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
-        shutdown_timeout=setup.shutdown_timeout,
+        shutdown_timeout=run.shutdown_timeout,
     )
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
     shim_config = worker_config(plan, os.getpid()).replace("$", "$$")
@@ -186,8 +173,7 @@ def _agent_main(plan: LaunchPlan, setup: ElasticSetup, debug: bool, result_fd: i
 
 def _fork_agent(
     plan: LaunchPlan,
-    setup: ElasticSetup,
-    options: ElasticOptions,
+    run: AgentRun,
     env: Mapping[str, str],
     inbox: SignalInbox,
     watchdog: tree.Watchdog,
@@ -222,11 +208,11 @@ def _fork_agent(
             os.closerange(result_write + 1, MAX_FD)
             os.environ.clear()
             os.environ.update(env)  # torch's agent gives workers os.environ plus its own
-            code = _agent_main(plan, setup, options.debug, result_write)
+            code = _agent_main(plan, run, result_write)
         except BaseException as exc:  # noqa: B036 - must never return into the launcher
             try:
-                os.write(2, f"hpclaunch: elastic agent crashed: {exc!r}\n".encode())
-            except OSError:
+                reporter.get().emit(reporter.ERROR, [f"elastic agent crashed: {exc!r}"])
+            except BaseException:  # noqa: B036 - not even a failed report may return
                 pass
         finally:
             sys.stdout.flush()
@@ -252,7 +238,7 @@ class _ElasticSupervisor(TreeSupervisor):
         self,
         plan: LaunchPlan,
         setup: ElasticSetup,
-        options: ElasticOptions,
+        options: RunOptions,
         inbox: SignalInbox,
         agent: int,
         result_fd: int,
@@ -260,7 +246,6 @@ class _ElasticSupervisor(TreeSupervisor):
         super().__init__(inbox, options.kill_timeout, options.log)
         self.plan = plan
         self.setup = setup
-        self.options = options
         self.agent = agent
         self.result_fd = result_fd
         self.agent_status: Optional[int] = None
@@ -298,7 +283,7 @@ class _ElasticSupervisor(TreeSupervisor):
         return self.agent_status is not None and self.no_children
 
     def workers(self) -> List[int]:
-        """The agent's direct children: the workers (each started by elastic_worker.py)."""
+        """The agent's direct children: the workers (each started by elastic/worker.py)."""
         import psutil
 
         try:
@@ -375,18 +360,18 @@ class _ElasticSupervisor(TreeSupervisor):
         text = f"{kind}: {message}" if kind and message else kind or message
         return f"{text} ({hints[kind]})" if kind in hints else text
 
-    def outcome(self) -> Tuple[Outcome, Optional[str]]:
-        """The Outcome and, for failures that are not a worker's, a message for stderr."""
+    def outcome(self) -> Outcome:
+        """As static mode's; a failure that is not a worker's is explained in ``error``."""
         if self.fatal_signal is not None:
-            return Outcome(exit_code=128 + self.fatal_signal, fatal_signal=self.fatal_signal), None
+            return Outcome(exit_code=128 + self.fatal_signal, fatal_signal=self.fatal_signal)
         kind = self.result.get("kind")
         if kind == "ok":
-            return Outcome(exit_code=0, leftovers_killed=self.leftovers), None
+            return Outcome(exit_code=0, leftovers_killed=self.leftovers)
         if kind == "failed":
             code = int(self.result["exitcode"])
             rank = int(self.result["rank"])
-            restarts = self.options.restarts
-            log_path = log_path_for(self.plan, rank)
+            restarts = self.setup.max_restarts
+            log_path = self.plan.log_path_for(rank)
             if log_path is not None and os.path.islink(log_path):
                 log_path = None  # planted by someone else: the worker refused it, so do we
             failure = WorkerFailure(
@@ -402,40 +387,50 @@ class _ElasticSupervisor(TreeSupervisor):
                     "(--max_restarts)"
                 ),
             )
-            return Outcome(exit_code=failure.status, failure=failure), None
+            return Outcome(exit_code=failure.status, failure=failure)
         if kind == "signal":
             sig = int(self.result["signal"])
-            return Outcome(exit_code=128 + sig, fatal_signal=sig), (
-                f"hpclaunch: the elastic agent got {signal.Signals(sig).name} and stopped "
-                "its workers"
+            return Outcome(
+                exit_code=128 + sig,
+                fatal_signal=sig,
+                error=f"the elastic agent got {signal.Signals(sig).name} and stopped its workers",
             )
         if kind == "error":
-            return Outcome(exit_code=1), "hpclaunch: elastic agent failed: " + self.explain()
+            return Outcome(exit_code=1, error="elastic agent failed: " + self.explain())
         status = self.agent_status or 0
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            return Outcome(exit_code=128 + sig), (
-                f"hpclaunch: the elastic agent was killed by {signal.Signals(sig).name}"
+            return Outcome(
+                exit_code=128 + sig,
+                error=f"the elastic agent was killed by {signal.Signals(sig).name}",
             )
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
-        return Outcome(exit_code=code or 1), (
-            f"hpclaunch: the elastic agent exited with code {code} without a result"
+        return Outcome(
+            exit_code=code or 1,
+            error=f"the elastic agent exited with code {code} without a result",
         )
 
 
-def run_elastic(
-    plan: LaunchPlan, options: ElasticOptions, base_env: Mapping[str, str]
-) -> Outcome:
+def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
     """Run this node's share of an elastic job to an Outcome (the contract's exit status).
 
-    Raises UsageError/SpawnError (exit 2) before anything is spawned for bad options, a bad
-    log dir or PID file, or a missing torch.
+    The same call and result as static mode's :func:`hpclaunch.spawner.run`, for a plan that
+    carries an elastic setup. Worker output is not rank-prefixed or filtered here
+    (``prefix_output``, ``ranks_filter``): the agent's workers write straight to the console,
+    or to their per-rank logs. Raises UsageError/SpawnError (exit 2) before anything is
+    spawned for a bad log dir or PID file, or a missing torch.
     """
-    setup = elastic_setup(plan, options)
+    setup = plan.elastic
+    if setup is None:
+        raise ValueError("run_elastic needs a plan built with hpclaunch.plan(..., elastic=...)")
     require_torch()
-    directory, _ = log_naming(plan)
-    if directory is not None:
-        files.make_log_dir(directory)  # a bad one is exit 2 before anything starts
+    if plan.log_dir:
+        files.make_log_dir(plan.log_dir)  # a bad one is exit 2 before anything starts
+    run = AgentRun(
+        setup=setup,
+        shutdown_timeout=shutdown_timeout(options.kill_timeout),
+        debug=reporter.get().enabled(reporter.DEBUG),
+    )
     result_fd = -1
     with launch_guard(options.pid_file) as guard:
         try:
@@ -455,7 +450,7 @@ def run_elastic(
             if stop is not None:  # asked to stop before anything started
                 guard.clean = True
                 return Outcome(exit_code=128 + stop, fatal_signal=stop)
-            agent, result_fd = _fork_agent(plan, setup, options, env, guard.inbox, guard.watchdog)
+            agent, result_fd = _fork_agent(plan, run, env, guard.inbox, guard.watchdog)
             guard.watchdog.track(agent)  # its own session: pgid == pid
             options.log(
                 f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
@@ -466,29 +461,10 @@ def run_elastic(
             supervisor.handle_signals([])
             supervisor.loop()
             guard.clean = supervisor.finished()
-            outcome, message = supervisor.outcome()
-            if message:
-                sys.stderr.write(message + "\n")
-                sys.stderr.flush()
-            return outcome
+            return supervisor.outcome()
         finally:
             if result_fd >= 0:
                 os.close(result_fd)
 
 
-__all__ = [  # the pure half is re-exported: callers need one module for elastic mode
-    "DEFAULT_MAX_RESTARTS",
-    "ElasticSetup",
-    "WORKER_SHIM",
-    "log_path_for",
-    "worker_argv_template",
-    "ElasticOptions",
-    "describe",
-    "elastic_setup",
-    "node_bounds",
-    "options_from_args",
-    "parse_rendezvous_conf",
-    "require_torch",
-    "run_elastic",
-    "runner",
-]
+__all__ = ["AgentRun", "run_elastic"]
