@@ -103,7 +103,8 @@ def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path
     disk = tmp_path / "small"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+        # -n: no /run/mount/utab bookkeeping, which would outlive the test
+        ["mount", "-n", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
     )
     require(mounted.returncode == 0, f"a mountable tmpfs ({mounted.stderr.decode().strip()})")
     try:
@@ -119,7 +120,7 @@ def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path
         assert "worker failed: rank 0" in result.stderr
         assert "Traceback" not in result.stderr.split("last")[0]  # the launcher's own lines
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "-n", str(disk)], check=True)
 
 
 def test_sigterm_while_spawning_many_workers(mark: str, tmp_path: Path) -> None:
