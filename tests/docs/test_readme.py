@@ -64,3 +64,58 @@ def test_readme_console_example(command: str, expected: List[str]) -> None:
         assert result.returncode not in (0, 2)
     else:
         assert result.returncode == 0
+
+
+# -- every path and link in the docs exists ------------------------------------------------
+
+DOC_FILES = sorted(
+    [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    + [p for p in (ROOT / "examples").rglob("*") if p.is_file() and p.suffix != ".pyc"]
+)
+#: A repository path as docs write it: a top-level folder, then a path (no spaces, no globs).
+REPO_PATH = re.compile(
+    r"(?<![\w./$-])((?:hpclaunch|tests|examples|scripts|docs|benchmarks|\.ci)/[\w.+/-]*[\w/])"
+)
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(markdown: str) -> List[str]:
+    """GitHub's anchors for a file's headings: lower case, punctuation dropped, spaces -> -."""
+    anchors = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.append(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def doc_references() -> List[Tuple[str, str]]:
+    """(file, reference) for every repository path and relative link in the docs."""
+    found = []
+    for path in DOC_FILES:
+        text = path.read_text(errors="replace")
+        name = str(path.relative_to(ROOT))
+        found.extend((name, f"path:{match}") for match in REPO_PATH.findall(text))
+        if path.suffix == ".md":
+            found.extend((name, f"link:{target}") for target in MARKDOWN_LINK.findall(text))
+    return sorted(set(found))
+
+
+def test_the_docs_reference_something() -> None:
+    kinds = {reference.split(":", 1)[0] for _, reference in doc_references()}
+    assert kinds == {"path", "link"}
+
+
+@pytest.mark.parametrize("doc, reference", doc_references())
+def test_every_path_and_link_in_the_docs_exists(doc: str, reference: str) -> None:
+    kind, target = reference.split(":", 1)
+    if kind == "path":
+        assert (ROOT / target).exists(), f"{doc} names {target}, which is not in the repository"
+        return
+    if re.match(r"[a-z]+:", target):  # https:, mailto: ... are not the repository's
+        return
+    file_part, _, anchor = target.partition("#")
+    resolved = (ROOT / doc).parent / file_part if file_part else ROOT / doc
+    assert resolved.exists(), f"{doc} links to {target}: {resolved} does not exist"
+    if anchor and resolved.suffix == ".md":
+        assert anchor in heading_anchors(resolved.read_text()), f"{doc}: no #{anchor} in {target}"

@@ -6,10 +6,13 @@ unique ``HPCLAUNCH_TEST_MARK`` from the test, and /proc is scanned for it afterw
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,16 +42,46 @@ def sh_launch(
     )
 
 
+LAUNCH_MANY = str(Path(__file__).with_name("launch_many.py"))
+
+
+def launch_many(launches: list[list[str]], env: dict[str, str], parallel: int = 4) -> list[Any]:
+    """Each argument list run as its own launcher process (forked from one warm interpreter,
+    see launch_many.py); their exit statuses and stderr, in order."""
+    done = subprocess.run(
+        [sys.executable, LAUNCH_MANY, str(parallel)], input=json.dumps(launches),
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results: list[Any] = json.loads(done.stdout)
+    assert len(results) == len(launches)
+    return results
+
+
 def test_every_exit_code_1_to_255_is_the_launchers(mark: str) -> None:
-    env = marked_env(mark)
     codes = list(range(1, 256))
-    for start in range(0, len(codes), 16):  # 16 launchers at a time
-        batch = [(c, sh_launch(f"exit {c}", "--quiet", env=env)) for c in codes[start : start + 16]]
-        for code, proc in batch:
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == code
-            assert f"exited with code {code}".encode() in err
+    launches = [["--quiet", "--no_local_rank", "--no_python", SH, "-c", f"exit {code}"]
+                for code in codes]
+    results = launch_many(launches, marked_env(mark))
+    for code, result in zip(codes, results):
+        assert result["status"] == code, (code, result)
+        assert f"exited with code {code}" in result["stderr"], (code, result)
     assert processes_with_mark(mark) == []
+
+
+def test_launch_many_reports_a_launcher_s_real_exit(mark: str) -> None:
+    """The helper's statuses are the launcher's own: the same launches as separate
+    ``python -m hpclaunch`` processes exit the same way (exit code, signal, usage error)."""
+    launches = [
+        ["--quiet", "--no_local_rank", "--no_python", SH, "-c", "exit 7"],
+        ["--quiet", "--no_local_rank", "--no_python", SH, "-c", "kill -TERM $$"],
+        ["--nproc_per_node", "0", SH],
+    ]
+    env = marked_env(mark)
+    forked = [result["status"] for result in launch_many(launches, env)]
+    separate = [subprocess.run(launcher_cmd(*argv), capture_output=True, env=env,
+                               timeout=60).returncode for argv in launches]
+    assert forked == separate == [7, 128 + signal.SIGTERM, 2]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGTERM])
@@ -103,7 +136,8 @@ def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path
     disk = tmp_path / "small"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+        # -n: no /run/mount/utab bookkeeping, which would outlive the test
+        ["mount", "-n", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
     )
     require(mounted.returncode == 0, f"a mountable tmpfs ({mounted.stderr.decode().strip()})")
     try:
@@ -119,7 +153,7 @@ def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path
         assert "worker failed: rank 0" in result.stderr
         assert "Traceback" not in result.stderr.split("last")[0]  # the launcher's own lines
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "-n", str(disk)], check=True)
 
 
 def test_sigterm_while_spawning_many_workers(mark: str, tmp_path: Path) -> None:
@@ -245,20 +279,11 @@ def test_500_back_to_back_launches_leave_nothing(mark: str, tmp_path: Path) -> N
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = marked_env(mark, TMPDIR=str(tmp))
-    for i in range(500):
-        result = subprocess.run(
-            launcher_cmd(
-                "--quiet",
-                "--save_pid",
-                str(100000 + i),
-                "--no_local_rank",
-                "--no_python",
-                "/bin/true",
-            ),
-            capture_output=True,
-            env=env,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
+    launches = [
+        ["--quiet", "--save_pid", str(100000 + i), "--no_local_rank", "--no_python", "/bin/true"]
+        for i in range(500)
+    ]
+    for result in launch_many(launches, env):
+        assert result["status"] == 0, result["stderr"]
     assert os.listdir(tmp) == []
     assert processes_with_mark(mark) == []

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+import re
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -61,9 +62,63 @@ json_values = st.recursive(
 def test_world_info_json_fuzz(capfd: pytest.CaptureFixture[str], value: Any, node: int) -> None:
     encoded = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
     code, result = run_cli(capfd, "--world_info", encoded, "--node_rank", str(node))
+    assert code == (0 if world_info_is_valid(value, node) else 2), (value, node, result)
     if code == 0:
-        assert isinstance(value, dict) and result["world_info"] == value
-        assert result["world_size"] == sum(len(v) for v in value.values())
+        check_explicit_plan(result, value, node)
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda host: host == host.strip()),
+        st.lists(st.integers(0, 64), min_size=1, max_size=4, unique=True),
+        min_size=1,
+        max_size=5,
+    ),
+    st.data(),
+)
+def test_valid_world_info_gives_the_contract_s_plan(
+    capfd: pytest.CaptureFixture[str], value: Dict[str, List[int]], data: st.DataObject
+) -> None:
+    node = data.draw(st.integers(0, len(value) - 1))
+    encoded = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+    code, plan = run_cli(capfd, "--world_info", encoded, "--node_rank", str(node))
+    assert code == 0, plan
+    check_explicit_plan(plan, value, node)
+
+
+def world_info_is_valid(value: Any, node: int) -> bool:
+    """The contract's world_info, modelled here (not taken from hpclaunch): a non-empty JSON
+    object, host names non-empty without surrounding spaces, each host a non-empty list of
+    distinct integers >= 0 (JSON true is not an integer), and --node_rank one of its nodes."""
+    if not isinstance(value, dict) or not value or not 0 <= node < len(value):
+        return False
+    for host, slots in value.items():
+        if not host or host != host.strip() or not isinstance(slots, list) or not slots:
+            return False
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in slots):
+            return False
+        if len(set(slots)) != len(slots):
+            return False
+    return True
+
+
+def check_explicit_plan(plan: Any, value: Dict[str, List[int]], node: int) -> None:
+    """What the contract says a valid world_info gives this node's workers."""
+    hosts = list(value)
+    first_rank = sum(len(value[h]) for h in hosts[:node])
+    slots = value[hosts[node]]
+    assert plan["world_info"] == value
+    assert plan["node_rank"] == node
+    assert plan["world_size"] == sum(len(v) for v in value.values())
+    assert [w["rank"] for w in plan["workers"]] == list(range(first_rank, first_rank + len(slots)))
+    for local_rank, worker in enumerate(plan["workers"]):
+        env = worker["env"]
+        assert worker["local_rank"] == local_rank
+        assert env["LOCAL_RANK"] == str(local_rank) and env["RANK"] == str(worker["rank"])
+        assert env["LOCAL_WORLD_SIZE"] == str(len(slots))
+        assert env["CROSS_RANK"] == str(node) and env["CROSS_SIZE"] == str(len(hosts))
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(str(s) for s in slots)
 
 
 @FUZZ
@@ -106,22 +161,66 @@ def test_flag_values_fuzz(capfd: pytest.CaptureFixture[str], value: str, flag: s
     ) if flag != "--adapter" else run_cli(capfd, f"{flag}={value}")
 
 
-@given(st.text(max_size=30))
+def expected_local_slots(value: str) -> Tuple[Tuple[int, ...], bool]:
+    """This node's slots for a CUDA_VISIBLE_DEVICES value, and whether they are GPU ids to
+    pass on, modelled from the contract ("one worker per visible GPU, else 1"): no devices
+    ("", NoDevFiles, -1) is one worker; a list of distinct decimal ids is those GPUs; anything
+    else (UUIDs, MIG names) is one worker per non-empty entry, the variable left as it is."""
+    text = value.strip()
+    if text in ("", "NoDevFiles", "-1"):
+        return (0,), False
+    parts = [part.strip() for part in text.split(",")]
+    if all(re.fullmatch(r"[0-9]+", part) for part in parts):
+        ids = tuple(int(part) for part in parts)
+        if len(set(ids)) == len(ids):
+            return ids, True
+    return tuple(range(max(1, len([part for part in parts if part])))), False
+
+
+@given(st.one_of(st.text(max_size=30), st.lists(st.integers(0, 20), max_size=6).map(
+    lambda ids: ",".join(map(str, ids)))))
 @example("0,1,,2")
 @example("GPU-1234,GPU-5678")
 @example("0,0")
 @example("\u00b9")  # a Unicode digit: str.isdigit() accepts it, int() does not
+@example(" 3 , 1")
 def test_gpu_list_fuzz(value: str) -> None:
     parsed = parse_gpu_list(value)
     if parsed is not None:
         assert all(isinstance(i, int) and i >= 0 for i in parsed)
         assert len(set(parsed)) == len(parsed)
     env = {"CUDA_VISIBLE_DEVICES": value}
-    try:
-        world = LocalAdapter().world(env, WorldOptions(master_port=29500))
-    except UsageError:
-        return
-    assert world.world_size >= 1
+    world = LocalAdapter().world(env, WorldOptions(master_port=29500))
+    slots, gpu_slots = expected_local_slots(value)
+    assert (world.hosts[0].slots, world.gpu_slots) == (slots, gpu_slots), value
+    assert world.world_size == len(slots)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["--master_port", "--nproc_per_node", "--kill_timeout"]),
+    st.integers(-5, 70000),
+)
+@example("--master_port", 0)
+@example("--master_port", 65535)
+@example("--master_port", 65536)
+@example("--nproc_per_node", 0)
+@example("--kill_timeout", 0)
+def test_integer_flags_model(capfd: pytest.CaptureFixture[str], flag: str, number: int) -> None:
+    """Each integer flag against its range in the contract: inside it a plan, outside exit 2."""
+    if flag == "--nproc_per_node":
+        number = number % 300 - 5  # a plan of 70000 workers is slow to print, not more telling
+    valid = {
+        "--master_port": 1 <= number <= 65535,
+        "--nproc_per_node": number >= 1,
+        "--kill_timeout": number >= 0,
+    }[flag]
+    code, plan = run_cli(capfd, f"{flag}={number}", "--adapter", "local")
+    assert code == (0 if valid else 2), (flag, number, plan)
+    if code == 0 and flag == "--master_port":
+        assert plan["master_port"] == number
+    if code == 0 and flag == "--nproc_per_node":
+        assert plan["world_size"] == number == len(plan["workers"])
 
 
 SLURM_KEYS = [

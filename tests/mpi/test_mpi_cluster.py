@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests.conftest import ALLREDUCE, WORKER, Fifo, wait_gone
 from tests.mpi.conftest import FAILER, MPI, SINGLETON, stop
-from tests.mpi.emulate import address
+from tests.mpi.singleton import is_identity
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,7 +52,7 @@ def test_dry_run_every_node_agrees(
         assert plan["world_info"] == expected_info
         assert plan["world_size"] == 2 * count
         # rank 0's own address on its own network: not loopback, reachable from the others
-        assert plan["master_addr"] == address(1)
+        assert plan["master_addr"] == mpi.network.address(1)
         for key in ("master_port", "run_id"):
             assert plan[key] == first[key], key
         assert [w["rank"] for w in plan["workers"]] == [2 * node_rank, 2 * node_rank + 1]
@@ -81,7 +80,7 @@ def test_gloo_all_reduce_two_hosts_two_workers(
         assert record["sum"] == record["expected"] == 10
         assert record["host"] == emulated_hosts[rank // 2]
         assert record["local_rank_arg"] == rank % 2
-        assert record["env"]["MASTER_ADDR"] == address(1)
+        assert record["env"]["MASTER_ADDR"] == mpi.network.address(1)
     assert mpi.leftovers() == []
 
 
@@ -112,7 +111,7 @@ def start_failing_job(
     go = tmp_path / "go.fifo"
     os.mkfifo(go)
     hostfile = mpi.hostfile(tmp_path, hosts)
-    args = ["--nproc_per_node", "2", "--kill_timeout", "30", FAILER,
+    args = ["--nproc_per_node", "2", "--kill_timeout", "600", FAILER,
             "--ready", ready.path, "--go", str(go), "--fail-rank", str(fail_rank)]
     process = subprocess.Popen(
         mpi.command(hostfile, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -125,23 +124,24 @@ def start_failing_job(
 def test_failing_worker_ends_every_node(
     mpi: MPI, tmp_path: Path, emulated_hosts: List[str], fail_rank: int
 ) -> None:
-    """A worker on one node exits 3: both nodes end at once (kill_timeout 30 s would show)."""
+    """A worker on one node exits 3: both nodes end at once.
+
+    --kill_timeout is 600 s, so a launcher that waited for it would trip the 120 s hang guard;
+    how fast the failure spreads is measured in benchmarks/, not asserted here.
+    """
     process, ready, go = start_failing_job(mpi, tmp_path, emulated_hosts[:2], fail_rank)
     try:
         lines = ready.expect(4, timeout=60)
         workers = [int(line.split()[2]) for line in lines]
         launchers = {int(line.split()[3]) for line in lines}
         assert len(launchers) == 2
-        started = time.monotonic()
         with open(go, "wb") as handle:
             handle.write(b"x")
-        _, stderr = process.communicate(timeout=20)
-        elapsed = time.monotonic() - started
+        _, stderr = process.communicate(timeout=120)  # a hang guard, not a time target
     finally:
         stop(process)
         ready.close()
     assert process.returncode == 3, stderr
-    assert elapsed < 10, f"mpirun took {elapsed:.1f} s to end after the failure"
     assert f"rank {fail_rank}" in stderr
     assert mpi.leftovers() == []
     # Known PIDs too: a process in the middle of exiting shows an empty environ, no token.
@@ -154,15 +154,12 @@ def test_sigterm_to_mpirun_ends_every_worker(
     process, ready, _ = start_failing_job(mpi, tmp_path, emulated_hosts[:2], fail_rank=-1)
     try:
         ready.expect(4, timeout=60)
-        started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-        elapsed = time.monotonic() - started
+        _, stderr = process.communicate(timeout=120)  # a hang guard, not a time target
     finally:
         stop(process)
         ready.close()
     assert process.returncode != 0, stderr
-    assert elapsed < 20, f"mpirun took {elapsed:.1f} s to end after SIGTERM"
     assert mpi.leftovers() == []
 
 
@@ -211,20 +208,36 @@ def run_singletons(mpi: MPI, tmp_path: Path, hosts: List[str], *extra: str) -> L
     return records
 
 
-def test_workers_can_start_their_own_mpi(
-    mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
-) -> None:
-    """With the launcher's identity gone, a worker's MPI_Init is a singleton of its own."""
-    for record in run_singletons(mpi, tmp_path, emulated_hosts[:2], "--strip"):
-        assert (record["mpi_size"], record["mpi_rank"]) == (1, 0)
-    assert mpi.leftovers() == []
+#: What each implementation documents as a rank's identity; the launcher must have had these.
+DOCUMENTED_RANK_VARS = {
+    "openmpi": {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMIX_NAMESPACE"},
+    "mpich": {"PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"},
+}
 
 
 def test_workers_do_not_inherit_the_launcher_s_mpi_identity(
     mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
 ) -> None:
+    """The launcher was a rank (its own environ says so); its workers carry none of that.
+
+    The identity list is the implementations' documentation (singleton.is_identity), not
+    hpclaunch's; tunables (OMPI_MCA_*, PMIX_MCA_*, ...) may pass.
+    """
+    records = run_singletons(mpi, tmp_path, emulated_hosts[:2])
+    for record in records:
+        assert DOCUMENTED_RANK_VARS[mpi.name] <= set(record["launcher_vars"]), record
+        leaked = [name for name in record["worker_vars"] if is_identity(name)]
+        assert leaked == [], record
+    assert mpi.leftovers() == []
+
+
+def test_workers_can_start_their_own_mpi(
+    mpi: MPI, tmp_path: Path, emulated_hosts: List[str]
+) -> None:
+    """With the launcher's identity gone, a worker's own MPI_Init is a singleton."""
     for record in run_singletons(mpi, tmp_path, emulated_hosts[:2]):
-        assert record["identity_vars"] == []
+        assert (record.get("mpi_size"), record.get("mpi_rank")) == (1, 0), record
+    assert mpi.leftovers() == []
 
 
 def test_a_flag_one_node_rejects_is_every_node_s_error(
@@ -252,13 +265,10 @@ def test_a_launcher_killed_outright_ends_every_node(
     try:
         lines = ready.expect(4, timeout=60)
         launcher_of_rank_3 = int(next(line for line in lines if line.split()[1] == "3").split()[3])
-        started = time.monotonic()
         os.kill(launcher_of_rank_3, signal.SIGKILL)
-        _, stderr = process.communicate(timeout=30)
-        elapsed = time.monotonic() - started
+        _, stderr = process.communicate(timeout=120)  # a hang guard, not a time target
     finally:
         stop(process)
         ready.close()
     assert process.returncode != 0, stderr
-    assert elapsed < 10, f"mpirun took {elapsed:.1f} s to end after a launcher died"
     assert mpi.leftovers() == []

@@ -2,12 +2,14 @@
 
 Everything lives under one directory (config, keys, state, spool, logs, fake GPU devices) and
 every daemon runs in the foreground as a child of the test process, so stopping the cluster
-means signalling exactly the PIDs started here, nothing found by name. Each ``slurmd -N
-<node>`` has its own port on 127.0.0.1; the node names resolve through ``/etc/hosts`` lines
-added idempotently (``127.0.1.1N hlnodeN``) so that a master address such as ``hlnode1`` is a
-real name lookup, as on a cluster. Fake GPUs are GRES ``File=`` entries pointing at char
-devices made with ``mknod c 1 3`` (copies of /dev/null): steps then get real
-``CUDA_VISIBLE_DEVICES``/``SLURM_STEP_GPUS`` from Slurm itself.
+means signalling exactly the PIDs started here, nothing found by name; :meth:`stop` also
+removes the directory. Each ``slurmd -N <node>`` has its own port on 127.0.0.1. The node
+names resolve (``127.0.1.1N hlnodeN``) so that a master address such as ``hlnode1`` is a real
+name lookup, as on a cluster, but the machine's /etc/hosts is never edited: every daemon
+runs in a private mount namespace where a hosts file of the cluster's own is bind-mounted
+over /etc/hosts, and job steps inherit it from slurmd. Fake GPUs are GRES ``File=`` entries
+pointing at char devices made with ``mknod c 1 3`` (copies of /dev/null): steps then get
+real ``CUDA_VISIBLE_DEVICES``/``SLURM_STEP_GPUS`` from Slurm itself.
 
 ``ProctrackType=proctrack/pgid`` and ``TaskPlugin=task/none`` are used because cgroups are
 not usable inside this container; that is also the setting under which a launcher must
@@ -28,7 +30,6 @@ from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence
 
 REQUIRED_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "srun", "sbatch", "scontrol")
 HOSTS_FILE = Path("/etc/hosts")
-HOSTS_MARK = "# hpclaunch test cluster"
 GPUS_PER_NODE = 2
 #: Seconds between the TERM and the KILL of ``scancel`` and of the time limit.
 KILL_WAIT = 3
@@ -57,18 +58,21 @@ def wait_until(
         time.sleep(interval)
 
 
-def ensure_hosts_entries(nodes: Sequence[str]) -> None:
-    """Add ``127.0.1.1N name`` lines for nodes that do not resolve yet; never remove lines."""
-    text = HOSTS_FILE.read_text()
-    present = {word for line in text.splitlines() for word in line.split("#")[0].split()[1:]}
-    missing = [(index, name) for index, name in enumerate(nodes, 1) if name not in present]
-    if not missing:
-        return
-    lines = [f"127.0.1.{10 + index} {name} {HOSTS_MARK}" for index, name in missing]
-    with HOSTS_FILE.open("a") as handle:
-        if not text.endswith("\n"):
-            handle.write("\n")
-        handle.write("\n".join(lines) + "\n")
+def write_hosts_file(path: Path, nodes: Sequence[str]) -> None:
+    """The machine's /etc/hosts plus a ``127.0.1.1N name`` line per node: the daemons' view."""
+    lines = [f"127.0.1.{10 + index} {name}" for index, name in enumerate(nodes, 1)]
+    path.write_text(HOSTS_FILE.read_text().rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+def with_private_hosts(hosts_file: Path, argv: Sequence[str]) -> List[str]:
+    """``argv`` in a private mount namespace whose /etc/hosts is ``hosts_file``.
+
+    unshare and sh both exec, so the PID of the returned command is the PID of ``argv[0]``.
+    """
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-c", 'mount -n --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *argv,
+    ]
 
 
 class SlurmCluster:
@@ -86,6 +90,7 @@ class SlurmCluster:
         self.nodes = [f"{prefix}{i}" for i in range(1, nodes + 1)]
         self.conf = root / "etc" / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.sock"
+        self.hosts_file = root / "etc" / "hosts"
         self._procs: Dict[str, subprocess.Popen[bytes]] = {}
         self._logs: List[IO[bytes]] = []
 
@@ -171,7 +176,11 @@ class SlurmCluster:
         log = open(self.root / "log" / f"{name}.out", "ab")  # closed in stop()
         self._logs.append(log)
         self._procs[name] = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            with_private_hosts(self.hosts_file, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
 
     def _check_alive(self) -> None:
@@ -180,8 +189,8 @@ class SlurmCluster:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root / 'log'}")
 
     def start(self, timeout: float = 30.0) -> None:
-        ensure_hosts_entries(self.nodes)
         self._write_config()
+        write_hosts_file(self.hosts_file, self.nodes)
         key = self.root / "munge" / "munge.key"
         if not key.exists():
             subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True)
@@ -290,4 +299,6 @@ class SlurmCluster:
                 proc.wait()
         for log in self._logs:
             log.close()
+        self._logs.clear()
         self._procs.clear()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from tests.slurm.cluster import KILL_WAIT, SlurmCluster, wait_until
+from tests.slurm.cluster import KILL_WAIT, SlurmCluster, free_port, wait_until
 from tests.slurm.conftest import ROOT, launcher
 
 SIGWORKER = str(Path(__file__).with_name("sigworker.py"))
@@ -139,10 +139,11 @@ def test_sbatch_example_script(slurm_cluster: SlurmCluster, tmp_path: Path) -> N
     out.mkdir()
     log = tmp_path / "job.out"
     hpclaunch = " ".join(shlex.quote(part) for part in launcher())
+    port = free_port()  # launcher flags reach hpclaunch through HPCLAUNCH_ARGS
     job_id = sbatch(
         slurm_cluster,
         f"--output={log}",
-        f"--export=ALL,HPCLAUNCH={hpclaunch}",
+        f"--export=ALL,HPCLAUNCH={hpclaunch},HPCLAUNCH_ARGS=--master_port {port}",
         str(ROOT / "examples" / "slurm" / "allreduce.sbatch"),
         "--out",
         str(out),
@@ -153,7 +154,7 @@ def test_sbatch_example_script(slurm_cluster: SlurmCluster, tmp_path: Path) -> N
     assert "all_reduce over 4 ranks" in text and "OK" in text  # 2 nodes x 2 (fake) GPUs
     records = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(4)]
     assert {r["env"]["CUDA_VISIBLE_DEVICES"] for r in records} == {"0,1"}
-    assert {r["env"]["MASTER_PORT"] for r in records} == {records[0]["env"]["MASTER_PORT"]}
+    assert {r["env"]["MASTER_PORT"] for r in records} == {str(port)}
 
 
 # -- signals ------------------------------------------------------------------------------

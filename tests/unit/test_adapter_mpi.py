@@ -247,6 +247,18 @@ def test_local_record_turns_errors_into_text() -> None:
 
 
 def test_finish_without_a_world_does_nothing() -> None:
-    adapter = MPIAdapter()
-    adapter.finish(0)
-    adapter.finish(3)
+    """No MPI world yet: finish() neither loads MPI nor aborts, whatever the status.
+
+    Run in a child process: an MPI_Abort (or a crash) would end it before it reports.
+    """
+    code = (
+        "import sys\n"
+        "from hpclaunch.adapters.mpi import MPIAdapter\n"
+        "adapter = MPIAdapter()\n"
+        "results = [adapter.finish(0), adapter.finish(3), adapter.finish(300)]\n"
+        "print(results, 'mpi4py' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[None, None, None] False\n", "")
