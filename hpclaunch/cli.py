@@ -23,11 +23,10 @@ from typing import (
     NoReturn,
     Optional,
     Sequence,
-    TextIO,
     Tuple,
 )
 
-from hpclaunch import __version__
+from hpclaunch import __version__, reporter
 from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions, select
 from hpclaunch.errors import UsageError
 from hpclaunch.world import is_decimal
@@ -47,7 +46,7 @@ Everything after the training script is passed to it untouched.
 Exit status: 0 all workers succeeded; c the first failed worker's code; 128+s a signal;
 2 bad invocation (nothing started)."""
 
-LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+LOG_LEVELS = reporter.LEVELS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -234,18 +233,9 @@ def banner(plan: LaunchPlan, log_dir: Optional[str]) -> str:
     )
 
 
-def _use_color(stream: TextIO, env: Dict[str, str]) -> bool:
+def _use_color(fd: int, env: Dict[str, str]) -> bool:
     """Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
-    return stream.isatty() and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
-
-
-def _make_log(level: int):  # type: ignore[no-untyped-def]
-    def log(message: str) -> None:
-        if level <= LOG_LEVELS["info"]:
-            sys.stderr.write(f"hpclaunch: {message}\n")
-            sys.stderr.flush()
-
-    return log
+    return os.isatty(fd) and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
 
 
 def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] = None) -> int:
@@ -273,6 +263,12 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
     if finishers is not None and finish is not None:
         finishers.append(finish)
     world = adapter.world(env, options)
+    ranks_filter = parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None
+    if ranks_filter is not None and max(ranks_filter) >= world.world_size:
+        raise UsageError(
+            f"--ranks_filter {args.ranks_filter}: rank {max(ranks_filter)} is not in this "
+            f"world of {world.world_size} rank(s) (0..{world.world_size - 1})"
+        )
 
     from hpclaunch.spawner.plan import build_plan, parse_core_list
 
@@ -309,12 +305,18 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         return 0
 
     from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
-    from hpclaunch.spawner import RunOptions, run
+    from hpclaunch.spawner import RunOptions, console, run
     from hpclaunch.spawner.files import pid_file_path
     from hpclaunch.spawner.report import failure_summary
 
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
-    log = _make_log(level)
+    # From here on every launcher message is a non-blocking console write, in order with
+    # the workers' relayed output (cli.main flushes and closes the console at the end).
+    report = reporter.Reporter(level, console.get().message, _use_color(2, env), console.close)
+    reporter.install(report)
+    if report.enabled(reporter.DEBUG):
+        report.debug(f"plan: {json.dumps(plan.to_json())}")
+    log = report.info
     launch: Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome] = run
     if args.enable_elastic_training:
         from hpclaunch.spawner import elastic
@@ -328,30 +330,28 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
             log=log,
             banner=banner(plan, log_dir),
             prefix_output=not args.no_prefix and world.world_size > 1,
-            ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
+            ranks_filter=ranks_filter,
         ),
         # Workers are not the processes an MPI launcher started: an inherited PMI/PMIx
         # identity would make a worker's MPI_Init claim to be this launcher's rank.
         {k: v for k, v in env.items() if not is_mpi_identity_var(k)},
     )
     if outcome.failure is not None:
-        lines = failure_summary(outcome.failure)
-        if _use_color(sys.stderr, env):
-            lines[0] = f"\033[1;31m{lines[0]}\033[0m"
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
+        report.emit(reporter.ERROR, failure_summary(outcome.failure), highlight=True)
     return outcome.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     finishers: List[Callable[[int], None]] = []
+    reporter.reopen_closed_standard_fds()
     try:
         status = _main(sys.argv[1:] if argv is None else list(argv), finishers)
     except UsageError as exc:
         message = " ".join(str(exc).split())
-        sys.stderr.write(f"hpclaunch: error: {message}\n")
-        sys.stderr.flush()
+        reporter.stderr_sink()(f"hpclaunch: error: {message}\n".encode())
         status = 2
+    finally:
+        reporter.get().close()  # what the console still holds, before MPI may abort us
     # An adapter with ``finish`` (MPI) ends its job by the exit status: under mpirun a
     # non-zero status must abort every node's launcher, not only this one.
     for finish in finishers:

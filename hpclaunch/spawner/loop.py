@@ -73,6 +73,13 @@ class TreeSupervisor:
     def finished(self) -> bool:
         return self.no_children
 
+    def wake_timeout(self) -> Optional[float]:
+        """Seconds until :meth:`on_wake` has something to do (None: nothing planned)."""
+        return None
+
+    def on_wake(self) -> None:
+        """Runs after every wake-up (e.g. to show a partial line that waited long enough)."""
+
     def close(self) -> None:
         self.selector.close()
 
@@ -141,9 +148,13 @@ class TreeSupervisor:
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
+                wake = self.wake_timeout()
+                if wake is not None and (timeout is None or wake < timeout):
+                    timeout = wake
                 for key, _ in self.selector.select(timeout):
                     if key.data is not None:
                         key.data(key.fd)
+                self.on_wake()
                 self.handle_signals(self.inbox.drain())
                 if self.finished():
                     break
