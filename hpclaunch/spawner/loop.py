@@ -21,6 +21,7 @@ import signal
 import time
 from typing import Callable, List, Optional, Set
 
+from hpclaunch import reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
 
@@ -139,7 +140,7 @@ class TreeSupervisor:
             tree.freeze_and_kill(fresh)
             self.killed.update(fresh)
         if self.killed:
-            self.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
+            reporter.get().warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
 
     def loop(self) -> None:
         try:
@@ -162,7 +163,7 @@ class TreeSupervisor:
                     if self.phase == self.TERMINATING:
                         self.begin_kill()
                     else:
-                        self.log(
+                        reporter.get().warning(
                             "some processes did not die after SIGKILL (uninterruptible "
                             "sleep?); giving up on them"
                         )

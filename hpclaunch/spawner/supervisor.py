@@ -11,6 +11,7 @@ import os
 import signal
 from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
 
+from hpclaunch import reporter
 from hpclaunch.spawner import console, tree
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
@@ -182,7 +183,7 @@ class Supervisor(TreeSupervisor):
     def cleanup_leftovers(self) -> None:
         """Every worker succeeded but left descendants (daemons): stop them too."""
         self.leftovers = len(tree.descendants(self.me))
-        self.log(
+        reporter.get().warning(
             f"all workers exited 0 but {self.leftovers} process(es) they started are still "
             "running: stopping them"
         )
