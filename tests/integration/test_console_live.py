@@ -280,3 +280,42 @@ def test_ranks_filter_beyond_the_world_is_bad_input() -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("hpclaunch: error: --ranks_filter 0,2")
     assert "0..1" in lines[0]
+
+
+def test_a_shown_partial_line_is_ended_before_another_rank_writes(tmp_path: Path) -> None:
+    """Rank 0's unfinished line is shown; rank 1's line then starts on a line of its own,
+    and rank 0's rest comes after it with its prefix. Without rank 1 in between, the rest
+    continues the line without a second prefix."""
+    gates = {name: tmp_path / f"{name}.fifo" for name in ("r1", "r0", "r0b")}
+    for gate in gates.values():
+        os.mkfifo(gate)
+    script = tmp_path / "partial.py"
+    script.write_text(
+        "import os, sys\n"
+        "def wait(gate):\n"
+        "    open(gate).read()\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    sys.stdout.write('abc'); sys.stdout.flush()\n"
+        f"    wait({str(gates['r0'])!r})\n"
+        "    sys.stdout.write('def\\nghi'); sys.stdout.flush()\n"
+        f"    wait({str(gates['r0b'])!r})\n"
+        "    sys.stdout.write('jkl\\n')\n"
+        "else:\n"
+        f"    wait({str(gates['r1'])!r})\n"
+        "    sys.stdout.write('xyz\\n')\n"
+    )
+    proc = subprocess.Popen(
+        launcher_cmd("-q", "--nproc_per_node", "2", "--no_local_rank", str(script)),
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = read_until(fd, lambda s: b"abc" in s)
+    open_gate(gates["r1"])
+    seen += read_until(fd, lambda s: b"xyz\n" in s)
+    open_gate(gates["r0"])
+    seen += read_until(fd, lambda s: b"ghi" in s)
+    open_gate(gates["r0b"])
+    seen += proc.stdout.read()
+    assert proc.wait(timeout=HANG_GUARD) == 0
+    assert seen == b"[rank0]: abc\n[rank1]: xyz\n[rank0]: def\n[rank0]: ghijkl\n"
