@@ -14,6 +14,7 @@ the job went on; ``error`` is why the job failed.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterable, Optional
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
@@ -45,9 +46,21 @@ def reopen_closed_standard_fds() -> None:
 
 
 def stderr_sink(fd: int = 2) -> Sink:
-    """Write to ``fd``; a closed or broken descriptor drops the message instead of raising."""
+    """Write to ``fd``; a closed or broken descriptor drops the message instead of raising.
+
+    For fd 2 the bytes go through ``sys.stderr`` when there is one, so an in-process caller
+    that redirected it (a test's capture, an embedding program) gets them there.
+    """
 
     def write(data: bytes) -> None:
+        stream = sys.stderr if fd == 2 else None
+        if stream is not None:
+            try:
+                stream.write(data.decode(errors="replace"))
+                stream.flush()
+                return
+            except (OSError, ValueError):  # broken pipe; or closed by its owner
+                return
         view = memoryview(data)
         while view:
             try:

@@ -114,6 +114,9 @@ class Console:
         err = out if same_file(out_fd, err_fd) else _open_sink(err_fd)
         self.sinks: Dict[int, _Sink] = {1: out, 2: err}
         self.selector: Optional[selectors.BaseSelector] = None
+        #: How long :meth:`flush` waits on a console that takes nothing; 0 once the user
+        #: asked the launcher to stop (SIGINT/TERM/HUP): from then on nothing waits on it.
+        self.stall_seconds = FLUSH_STALL_SECONDS
         #: Called once the queue has drained below half of :data:`CONSOLE_BUFFER`.
         self.on_room: Callable[[], None] = lambda: None
 
@@ -231,14 +234,12 @@ class Console:
     # ------------------------------------------------------------------ the end
 
     def flush(
-        self,
-        stall_seconds: float = FLUSH_STALL_SECONDS,
-        interrupt_fd: int = -1,
-        interrupted: Callable[[], bool] = lambda: True,
+        self, interrupt_fd: int = -1, interrupted: Callable[[], bool] = lambda: True
     ) -> None:
         """Wait until everything queued is written, the console takes nothing for
-        ``stall_seconds``, or ``interrupt_fd`` turns readable and ``interrupted()`` says
-        that what arrived there (a fatal signal) ends the wait."""
+        :attr:`stall_seconds`, or ``interrupt_fd`` turns readable and ``interrupted()``
+        says that what arrived there (a fatal signal) ends the wait."""
+        stall_seconds = self.stall_seconds
         sinks = [sink for sink in self._unique() if sink.queue and not sink.broken]
         if not sinks:
             return
@@ -255,6 +256,7 @@ class Console:
                 for key, _ in waiter.select(left):
                     if key.data is None:
                         if interrupted():
+                            self.stall_seconds = 0.0
                             return
                         continue
                     sink = key.data
@@ -263,9 +265,9 @@ class Console:
                     if not sink.queue:
                         waiter.unregister(sink.fd)
 
-    def close(self, stall_seconds: float = FLUSH_STALL_SECONDS) -> None:
+    def close(self) -> None:
         self.detach()
-        self.flush(stall_seconds)
+        self.flush()
         for sink in self._unique():
             if sink.owned:
                 os.close(sink.fd)

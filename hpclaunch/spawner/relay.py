@@ -18,6 +18,7 @@ Cost: one ``bytes.replace`` per read (the prefix after each inner newline) and o
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import selectors
@@ -35,8 +36,12 @@ READ_SIZE = 1 << 20
 IDLE_FLUSH = 0.15
 #: How much of each rank's most recent output is kept for the failure summary.
 TAIL_BYTES = 16 << 10
-#: Pipe capacity asked for (best effort): fewer, larger reads per MiB of output.
+#: Pipe capacity asked for (best effort): fewer, larger reads per MiB of output...
 PIPE_SIZE = 1 << 20
+#: ...for the first few pipes only: pipe buffers count against a per-user quota
+#: (/proc/sys/fs/pipe-user-pages-soft, 64 MiB), past which every new pipe of the user's,
+#: the workers' own included, is cut to one page.
+PIPE_BUDGET = 16 << 20
 
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, Python >= 3.10 only
 _TERMINATOR = re.compile(rb"\r\n|\r|\n")
@@ -79,16 +84,17 @@ class OutputRelay:
         self.streams: Dict[int, Stream] = {}
         self.tails: Dict[int, Tail] = {}
         self.paused = False
+        self.pipe_bytes = 0
         console.on_room = self.resume
 
     def add(self, fd: int, rank: int, prefix: bytes, target: Optional[int]) -> None:
         os.set_blocking(fd, False)
-        try:
-            import fcntl
-
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # a pty, or the user's pipe-size quota is spent: the default will do
+        if self.pipe_bytes + PIPE_SIZE <= PIPE_BUDGET:
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+                self.pipe_bytes += PIPE_SIZE
+            except OSError:
+                pass  # a pty, or the user's pipe quota is spent: the default will do
         tail = self.tails.setdefault(rank, Tail())
         self.streams[fd] = Stream(prefix, target, tail)
         if not self.paused:

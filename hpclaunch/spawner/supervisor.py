@@ -209,8 +209,9 @@ class Supervisor(TreeSupervisor):
         self.console.detach()
         # After a fatal signal the user wants out now: what the console cannot take at
         # once is dropped. Otherwise wait while it makes progress, or until a signal.
-        stall = 0.0 if self.fatal_signal is not None else console.FLUSH_STALL_SECONDS
-        self.console.flush(stall, self.inbox.read_fd, self.fatal_signal_arrived)
+        if self.fatal_signal is not None:
+            self.console.stall_seconds = 0.0
+        self.console.flush(self.inbox.read_fd, self.fatal_signal_arrived)
         super().close()
 
     def fatal_signal_arrived(self) -> bool:
