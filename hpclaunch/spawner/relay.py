@@ -37,7 +37,7 @@ IDLE_FLUSH = 0.15
 #: How much of each rank's most recent output is kept for the failure summary.
 TAIL_BYTES = 16 << 10
 #: Pipe capacity asked for (best effort): fewer, larger reads per MiB of output...
-PIPE_SIZE = 1 << 20
+PIPE_SIZE = 1 << 18
 #: ...for the first few pipes only: pipe buffers count against a per-user quota
 #: (/proc/sys/fs/pipe-user-pages-soft, 64 MiB), past which every new pipe of the user's,
 #: the workers' own included, is cut to one page.
