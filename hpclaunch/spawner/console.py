@@ -330,17 +330,22 @@ class Layout:
         import fcntl
         import termios
 
-        leader, follower = os.openpty()
-        attrs = termios.tcgetattr(follower)
-        attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the launcher's terminal does that
-        termios.tcsetattr(follower, termios.TCSANOW, attrs)
         if fd not in self._winsize:
             try:
                 self._winsize[fd] = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
             except OSError:
                 self._winsize[fd] = b""
-        if self._winsize[fd]:
-            fcntl.ioctl(follower, termios.TIOCSWINSZ, self._winsize[fd])
+        leader, follower = os.openpty()
+        try:
+            attrs = termios.tcgetattr(follower)
+            attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the launcher's terminal does it
+            termios.tcsetattr(follower, termios.TCSANOW, attrs)
+            if self._winsize[fd]:
+                fcntl.ioctl(follower, termios.TIOCSWINSZ, self._winsize[fd])
+        except BaseException:
+            os.close(leader)
+            os.close(follower)
+            raise
         return leader, follower
 
 
