@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from hpclaunch import __version__, api, reporter
 from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions
@@ -212,15 +212,15 @@ def parse_ranks_filter(text: str) -> frozenset[int]:
     return frozenset(int(p) for p in parts)
 
 
-def _use_color(stream: TextIO, env: Dict[str, str]) -> bool:
+def _use_color(fd: int, env: Dict[str, str]) -> bool:
     """Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
-    return stream.isatty() and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+    return os.isatty(fd) and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
 
 
 def _install_reporter(args: argparse.Namespace, env: Dict[str, str]) -> None:
     """The one voice of this process, at the level --log_level/--quiet asked for."""
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
-    reporter.install(reporter.Reporter(level, color=_use_color(sys.stderr, env)))
+    reporter.install(reporter.Reporter(level, color=_use_color(2, env)))
 
 
 def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
@@ -272,6 +272,7 @@ def _plan(args: argparse.Namespace, command: Command, env: Dict[str, str]) -> La
         master_port=args.master_port,
         world_info=args.world_info,
     )
+    _check_ranks_filter(args, world.world_size)
     plan = api.plan(
         world,
         command,
@@ -286,10 +287,39 @@ def _plan(args: argparse.Namespace, command: Command, env: Dict[str, str]) -> La
     return plan
 
 
+def _check_ranks_filter(args: argparse.Namespace, world_size: int) -> None:
+    """A filter naming a rank the world does not have is a typo, not a wish for silence."""
+    if args.ranks_filter is None:
+        return
+    highest = max(parse_ranks_filter(args.ranks_filter))
+    if highest >= world_size:
+        raise UsageError(
+            f"--ranks_filter {args.ranks_filter}: rank {highest} is not in this "
+            f"world of {world_size} rank(s) (0..{world_size - 1})"
+        )
+
+
+def _speak_through_the_console() -> None:
+    """From here on every launcher message is a non-blocking console write, in order with the
+    workers' relayed output (``main`` flushes and closes the console at the end)."""
+    from hpclaunch.spawner import console
+
+    voice = reporter.get()
+    reporter.install(
+        reporter.Reporter(voice.level, console.get().message, voice.color, console.close)
+    )
+
+
 def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> Outcome:
     """The one place the CLI runs a plan."""
     from hpclaunch.spawner.files import pid_file_path
 
+    _speak_through_the_console()
+    voice = reporter.get()
+    if voice.enabled(reporter.DEBUG):
+        import json
+
+        voice.debug(f"plan: {json.dumps(plan.to_json())}")
     return api.launch(
         plan,
         env=env,
@@ -306,14 +336,7 @@ def _report(outcome: Outcome) -> None:
     if outcome.failure is not None:
         from hpclaunch.spawner.report import failure_summary
 
-        # failure_summary's lines carry their own ``hpclaunch:`` prefixes (continuation
-        # lines indented after it), so they go to the reporter's sink as they are, at its
-        # error level and in its colours.
-        if voice.enabled(reporter.ERROR):
-            lines = failure_summary(outcome.failure)
-            if voice.color:
-                lines[0] = f"\033[1;31m{lines[0]}\033[0m"
-            voice.sink(("\n".join(lines) + "\n").encode(errors="replace"))
+        voice.emit(reporter.ERROR, failure_summary(outcome.failure), highlight=True)
     elif outcome.error:
         voice.emit(reporter.ERROR, [outcome.error], highlight=True)
 
@@ -337,11 +360,14 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    reporter.reopen_closed_standard_fds()
     try:
         status = _main(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
-        reporter.get().error(" ".join(str(exc).split()))
+        reporter.get().emit(reporter.CRITICAL, [f"error: {' '.join(str(exc).split())}"])
         status = 2
+    finally:
+        reporter.get().close()  # what the console still holds, before MPI may abort us
     # An adapter that holds something until exit (MPI) ends it by the exit status: under
     # mpirun a non-zero status must abort every node's launcher, not only this one.
     try:

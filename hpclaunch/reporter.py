@@ -14,6 +14,7 @@ the job went on; ``error`` is why the job failed.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterable, Optional
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
@@ -21,14 +22,45 @@ DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 #: ``--log_level`` names, in the order ``--help`` lists them.
 LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR, "critical": CRITICAL}
 
+#: Lines starting with this are quoted worker output and get no ``hpclaunch:`` prefix.
+QUOTE = "    "
+
 #: Where the bytes of one message go; must never raise and should never block for long.
 Sink = Callable[[bytes], None]
 
 
+def reopen_closed_standard_fds() -> None:
+    """Open /dev/null on a closed fd 0, 1 or 2 (``2>&-``), first thing at start-up.
+
+    Otherwise the next ``os.pipe()`` or ``open()`` lands on that number and a worker
+    inherits, say, a relay pipe or another rank's log file as its stdout or stderr.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def stderr_sink(fd: int = 2) -> Sink:
-    """Write to ``fd``; a closed or broken descriptor drops the message instead of raising."""
+    """Write to ``fd``; a closed or broken descriptor drops the message instead of raising.
+
+    For fd 2 the bytes go through ``sys.stderr`` when there is one, so an in-process caller
+    that redirected it (a test's capture, an embedding program) gets them there.
+    """
 
     def write(data: bytes) -> None:
+        stream = sys.stderr if fd == 2 else None
+        if stream is not None:
+            try:
+                stream.write(data.decode(errors="replace"))
+                stream.flush()
+                return
+            except (OSError, ValueError):  # broken pipe; or closed by its owner
+                return
         view = memoryview(data)
         while view:
             try:
@@ -46,11 +78,22 @@ class Reporter:
     """Level-filtered, one-line-per-message output with the ``hpclaunch:`` prefix."""
 
     def __init__(
-        self, level: int = INFO, sink: Optional[Sink] = None, color: bool = False
+        self,
+        level: int = INFO,
+        sink: Optional[Sink] = None,
+        color: bool = False,
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.level = level
         self.sink: Sink = sink if sink is not None else stderr_sink()
         self.color = color
+        self.on_close = on_close
+
+    def close(self) -> None:
+        """Flush and close the sink (``on_close``); later messages go straight to fd 2."""
+        on_close, self.on_close = self.on_close, lambda: None
+        on_close()
+        self.sink = stderr_sink()
 
     def enabled(self, level: int) -> bool:
         return level >= self.level
@@ -70,13 +113,13 @@ class Reporter:
     def emit(self, level: int, lines: Iterable[str], highlight: bool = False) -> None:
         """Write ``lines`` as one block (so other output cannot split it) if ``level`` is on.
 
-        Each line gets the ``hpclaunch: `` prefix unless it already starts with blank space
-        (continuation lines such as a log tail); ``highlight`` makes the first line bold red
-        on a colour console.
+        Each line gets the ``hpclaunch: `` prefix unless it starts with :data:`QUOTE` (a
+        worker's own output quoted, e.g. a log tail); ``highlight`` makes the first line bold
+        red on a colour console.
         """
         if not self.enabled(level):
             return
-        text = [line if line[:1].isspace() else f"hpclaunch: {line}" for line in lines]
+        text = [line if line.startswith(QUOTE) else f"hpclaunch: {line}" for line in lines]
         if not text:
             return
         if highlight and self.color:

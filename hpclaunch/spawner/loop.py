@@ -21,6 +21,7 @@ import signal
 import time
 from typing import Callable, List, Optional, Set
 
+from hpclaunch import reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
 
@@ -72,6 +73,13 @@ class TreeSupervisor:
 
     def finished(self) -> bool:
         return self.no_children
+
+    def wake_timeout(self) -> Optional[float]:
+        """Seconds until :meth:`on_wake` has something to do (None: nothing planned)."""
+        return None
+
+    def on_wake(self) -> None:
+        """Runs after every wake-up (e.g. to show a partial line that waited long enough)."""
 
     def close(self) -> None:
         self.selector.close()
@@ -132,7 +140,7 @@ class TreeSupervisor:
             tree.freeze_and_kill(fresh)
             self.killed.update(fresh)
         if self.killed:
-            self.log(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
+            reporter.get().warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
 
     def loop(self) -> None:
         try:
@@ -141,9 +149,13 @@ class TreeSupervisor:
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
+                wake = self.wake_timeout()
+                if wake is not None and (timeout is None or wake < timeout):
+                    timeout = wake
                 for key, _ in self.selector.select(timeout):
                     if key.data is not None:
                         key.data(key.fd)
+                self.on_wake()
                 self.handle_signals(self.inbox.drain())
                 if self.finished():
                     break
@@ -151,7 +163,7 @@ class TreeSupervisor:
                     if self.phase == self.TERMINATING:
                         self.begin_kill()
                     else:
-                        self.log(
+                        reporter.get().warning(
                             "some processes did not die after SIGKILL (uninterruptible "
                             "sleep?); giving up on them"
                         )

@@ -7,8 +7,9 @@ tore them down afterwards are consequences and are not reported as failures.
 
 from __future__ import annotations
 
+import re
 import signal
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.spawner.files import tail_lines
 
@@ -22,6 +23,8 @@ class WorkerFailure(NamedTuple):
     signal: Optional[int] = None  # set when a signal killed it
     log_path: Optional[str] = None
     detail: str = ""  # e.g. why exec failed
+    #: Its last lines as the relay saw them (console output, shown or filtered).
+    output_tail: Tuple[str, ...] = ()
 
     @property
     def status(self) -> int:
@@ -58,17 +61,41 @@ class Outcome(NamedTuple):
     error: str = ""
 
 
+#: argparse's (and click's) refusal of DeepSpeed's ``--local_rank=N``, as a script written
+#: for torchrun prints it: "error: unrecognized arguments: --local_rank=3".
+_REFUSED_LOCAL_RANK = re.compile(
+    r"(unrecognized arguments|no such option|unexpected extra argument).*--local[_-]rank"
+)
+
+
+def refuses_local_rank(lines: Sequence[str]) -> bool:
+    return any(_REFUSED_LOCAL_RANK.search(line) for line in lines)
+
+
 def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:
-    """Lines for stderr: what failed, where its output went, and the end of that output."""
-    lines = [f"hpclaunch: worker failed: {failure.describe()}"]
+    """Lines for the reporter: what failed, where its output went, and its last lines.
+
+    Continuation lines start with blank space; quoted output with four spaces.
+    """
+    lines = [f"worker failed: {failure.describe()}"]
     if failure.detail:
-        lines.append(f"hpclaunch:   {failure.detail}")
+        lines.append(f"  {failure.detail}")
     if failure.log_path is not None:
-        lines.append(f"hpclaunch:   log: {failure.log_path}")
+        lines.append(f"  log: {failure.log_path}")
         last = tail_lines(failure.log_path, tail)
-        if last:
-            lines.append(f"hpclaunch:   last {len(last)} line(s) of the log:")
-            lines.extend(f"    {line}" for line in last)
+        where = "the log"
     else:
-        lines.append("hpclaunch:   its output went to this console (above)")
+        last = list(failure.output_tail[-tail:])
+        where = "its output"
+        if not last:
+            lines.append("  its output went to this console (above)")
+    if last:
+        lines.append(f"  last {len(last)} line(s) of {where}:")
+        lines.extend(f"    {line}" for line in last)
+        if refuses_local_rank(last):
+            lines.append(
+                "  hint: the script's argument parser refuses DeepSpeed's --local_rank=N "
+                "(scripts written for torchrun read LOCAL_RANK from the environment): "
+                "run hpclaunch with --no_local_rank"
+            )
     return lines

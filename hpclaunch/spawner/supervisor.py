@@ -11,8 +11,14 @@ import os
 import signal
 from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
 
-from hpclaunch.spawner import binding, tree
-from hpclaunch.spawner.inbox import SignalInbox, fork_with_signals_blocked, reset_in_child
+from hpclaunch import reporter
+from hpclaunch.spawner import binding, console, tree
+from hpclaunch.spawner.inbox import (
+    FATAL_SIGNALS,
+    SignalInbox,
+    fork_with_signals_blocked,
+    reset_in_child,
+)
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
 from hpclaunch.spawner.relay import OutputRelay
@@ -105,7 +111,11 @@ class Supervisor(TreeSupervisor):
         self.live: Dict[int, RankSpec] = {}
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
-        self.relay = OutputRelay(self.selector)
+        self.console = console.get()
+        self.console.attach(self.selector)
+        self.relay = OutputRelay(self.selector, self.console)
+        self.output = console.OutputOptions(log_fds, options.prefix_output, options.ranks_filter)
+        self.layout = console.Layout()
 
     # ------------------------------------------------------------------ spawning
 
@@ -125,34 +135,10 @@ class Supervisor(TreeSupervisor):
             self.handle_signals(self.inbox.drain())
 
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
-        """Per-rank log file, else a pipe to the relay, else the console as it is."""
-        if spec.log_path:
-            log_fd = self.log_fds[spec.log_path]
-            return spawn_worker(spec, env, log_fd, log_fd)
-        wanted = self.options.ranks_filter
-        if wanted is not None and spec.rank not in wanted:
-            devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                return spawn_worker(spec, env, devnull, devnull)
-            finally:
-                os.close(devnull)
-        if not self.options.prefix_output:
-            return spawn_worker(spec, env)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        try:
-            pid, error = spawn_worker(spec, env, out_write, err_write)
-        except BaseException:
-            for fd in (out_read, err_read):
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_write)
-            os.close(err_write)
-        prefix = f"[rank{spec.rank}]: ".encode()
-        self.relay.add(out_read, prefix, 1)
-        self.relay.add(err_read, prefix, 2)
-        return pid, error
+        """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
+        return console.spawn_with_output(
+            spawn_worker, spec, env, self.output, self.layout, self.relay
+        )
 
     # ------------------------------------------------------------------ loop hooks
 
@@ -196,7 +182,7 @@ class Supervisor(TreeSupervisor):
     def cleanup_leftovers(self) -> None:
         """Every worker succeeded but left descendants (daemons): stop them too."""
         self.leftovers = len(tree.descendants(self.me))
-        self.log(
+        reporter.get().warning(
             f"all workers exited 0 but {self.leftovers} process(es) they started are still "
             "running: stopping them"
         )
@@ -211,9 +197,24 @@ class Supervisor(TreeSupervisor):
     def finished(self) -> bool:
         return not self.live and self.no_children
 
+    def wake_timeout(self) -> Optional[float]:
+        return self.relay.next_timeout()
+
+    def on_wake(self) -> None:
+        self.relay.show_idle()
+
     def close(self) -> None:
         self.relay.drain_all()
+        self.console.detach()
+        # After a fatal signal the user wants out now: what the console cannot take at
+        # once is dropped. Otherwise wait while it makes progress, or until a signal.
+        if self.fatal_signal is not None:
+            self.console.stall_seconds = 0.0
+        self.console.flush(self.inbox.read_fd, self.fatal_signal_arrived)
         super().close()
+
+    def fatal_signal_arrived(self) -> bool:
+        return any(sig in FATAL_SIGNALS for sig in self.inbox.drain())
 
     def outcome(self) -> Outcome:
         if self.failure is not None:
@@ -222,9 +223,12 @@ class Supervisor(TreeSupervisor):
             code = 128 + self.fatal_signal
         else:
             code = 0
+        failure = self.failure
+        if failure is not None and failure.log_path is None:
+            failure = failure._replace(output_tail=tuple(self.relay.tail(failure.rank)))
         return Outcome(
             exit_code=code,
-            failure=self.failure,
+            failure=failure,
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
         )

@@ -23,6 +23,8 @@ import signal
 import time
 from typing import Iterable, List, Optional, Set
 
+from hpclaunch import reporter
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -96,6 +98,9 @@ def marked_processes(token: str) -> List[int]:
 
 
 def send(pid: int, sig: int) -> bool:
+    log = reporter.get()
+    if log.enabled(reporter.DEBUG):  # --log_level debug shows every signal sent
+        log.debug(f"sending {signal.Signals(sig).name} to pid {pid}")
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -106,6 +111,9 @@ def send(pid: int, sig: int) -> bool:
 
 
 def send_group(pgid: int, sig: int) -> None:
+    log = reporter.get()
+    if log.enabled(reporter.DEBUG):
+        log.debug(f"sending {signal.Signals(sig).name} to process group {pgid}")
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

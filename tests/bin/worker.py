@@ -50,8 +50,12 @@ def main() -> None:
             json.dump(record, handle)
         os.replace(path + ".tmp", path)
     if args.text:
-        print(f"{args.text} from rank {rank}", flush=True)
-        print(f"stderr line from rank {rank}", file=sys.stderr, flush=True)
+        # One write per line (print() writes the text and the newline separately when
+        # unbuffered): with --no_prefix ranks share the console and could split a line.
+        sys.stdout.write(f"{args.text} from rank {rank}\n")
+        sys.stdout.flush()
+        sys.stderr.write(f"stderr line from rank {rank}\n")
+        sys.stderr.flush()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.record_signals:

@@ -206,6 +206,10 @@ def _fork_agent(
             # the agent: it needs fds 0-2 and its result pipe, and its workers get 0-2 only.
             os.closerange(3, result_write)
             os.closerange(result_write + 1, MAX_FD)
+            # The launcher's console (its non-blocking descriptors are closed just above)
+            # is not the agent's: the agent speaks straight to fd 2, at the same level.
+            voice = reporter.get()
+            reporter.install(reporter.Reporter(voice.level, color=voice.color))
             os.environ.clear()
             os.environ.update(env)  # torch's agent gives workers os.environ plus its own
             code = _agent_main(plan, run, result_write)

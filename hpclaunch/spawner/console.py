@@ -1,0 +1,398 @@
+"""The launcher's console: non-blocking writes, and how workers' output is wired to it.
+
+Two halves, one concern -- what a user sees and what can never stall the launcher:
+
+* :class:`Console` owns the launcher's stdout and stderr. It writes through its own
+  non-blocking descriptors (a pipe or terminal is reopened via ``/proc/self/fd``, so the
+  ``O_NONBLOCK`` never leaks into the shared file description workers and the shell use),
+  queues what the console cannot take now, in order, and flushes it when the event loop says
+  the console is writable. A console that stops reading therefore never blocks signal
+  handling, fail-fast or teardown; once :data:`CONSOLE_BUFFER` bytes are queued the relay
+  stops reading workers' pipes (back-pressure), so memory stays bounded and workers block
+  on their own writes, as they would on a slow terminal. A closed or broken console
+  (``2>&-``, ``| head -1``, a dead ``tee``) costs the output, never the launch.
+* :func:`spawn_with_output` gives each worker its stdout/stderr: its per-rank log file;
+  one pseudo-terminal per worker when the launcher's console is a terminal (so colour and
+  live progress bars stay on, ``isatty()`` is true, and stdout+stderr keep the order the
+  rank wrote them); one pipe for both streams when the launcher's stdout and stderr are the
+  same file (``>log 2>&1``, Slurm's default), so the kernel keeps the rank's order; a pipe
+  per stream otherwise. Ranks hidden by ``--ranks_filter`` still get a pipe: the relay keeps
+  the end of their output for the failure summary and shows none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import stat
+import time
+from collections import deque
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Deque,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.plan import RankSpec
+    from hpclaunch.spawner.relay import OutputRelay
+
+#: Descriptors the launcher holds per worker while it runs (a pty leader or up to two pipe
+#: read ends); the preflight fd budget multiplies this by the number of workers.
+FDS_PER_WORKER = 2
+#: Console bytes queued before the relay stops reading workers' pipes (back-pressure).
+CONSOLE_BUFFER = 4 << 20
+#: After the workers are done: give up on a console that has taken nothing for this long.
+FLUSH_STALL_SECONDS = 5.0
+
+Buffer = Union[bytes, memoryview]
+#: Who wrote the last, still unfinished line on a console (a relay stream, or the launcher).
+Owner = object
+LAUNCHER: Owner = object()
+
+
+def same_file(fd_a: int, fd_b: int) -> bool:
+    """Whether two descriptors are one file (``>log 2>&1``, one terminal, one pipe)."""
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class _Sink:
+    """One physical console file: its non-blocking fd, the queue, and the open line."""
+
+    __slots__ = ("fd", "owned", "queue", "queued", "broken", "open_owner", "watched")
+
+    def __init__(self, fd: int, owned: bool) -> None:
+        self.fd = fd
+        self.owned = owned
+        self.queue: Deque[Buffer] = deque()
+        self.queued = 0
+        self.broken = fd < 0
+        self.open_owner: Optional[Owner] = None
+        self.watched = False
+
+
+def _open_sink(fd: int) -> _Sink:
+    """A non-blocking descriptor of our own for a pipe or terminal; the fd itself otherwise.
+
+    A regular file never blocks (``O_NONBLOCK`` means nothing there) and reopening one
+    would lose its offset; a socket cannot be reopened, so it is written as it is.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return _Sink(-1, False)
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return _Sink(fd, False)
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        return _Sink(os.open(f"/proc/self/fd/{fd}", flags), True)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a pipe whose reader is gone
+            return _Sink(-1, False)
+        return _Sink(fd, False)
+
+
+class Console:
+    """Ordered, non-blocking writes to the launcher's stdout (1) and stderr (2)."""
+
+    def __init__(self, out_fd: int = 1, err_fd: int = 2) -> None:
+        out = _open_sink(out_fd)
+        err = out if same_file(out_fd, err_fd) else _open_sink(err_fd)
+        self.sinks: Dict[int, _Sink] = {1: out, 2: err}
+        self.selector: Optional[selectors.BaseSelector] = None
+        #: How long :meth:`flush` waits on a console that takes nothing; 0 once the user
+        #: asked the launcher to stop (SIGINT/TERM/HUP): from then on nothing waits on it.
+        self.stall_seconds = FLUSH_STALL_SECONDS
+        #: Called once the queue has drained below half of :data:`CONSOLE_BUFFER`.
+        self.on_room: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def full(self) -> bool:
+        return any(sink.queued >= CONSOLE_BUFFER for sink in self._unique())
+
+    def write(self, target: int, owner: Owner, prefix: bytes, body: Buffer, open_end: bool) -> None:
+        """Write ``body`` (segments, every one but the first already prefixed) for ``owner``.
+
+        The first segment gets ``prefix`` unless it continues ``owner``'s unfinished line;
+        a line another owner left unfinished is ended first, so two writers' bytes never
+        share a segment. ``open_end``: ``body`` ends mid-line.
+        """
+        sink = self.sinks[target]
+        if sink.open_owner is owner:
+            parts: List[Buffer] = [body]
+        elif sink.open_owner is None:
+            parts = [prefix, body]
+        else:
+            parts = [b"\n", prefix, body]
+        sink.open_owner = owner if open_end else None
+        self._send(sink, parts)
+
+    def message(self, data: bytes) -> None:
+        """A launcher message (whole lines) on stderr, in order with workers' output."""
+        self.write(2, LAUNCHER, b"", data, False)
+
+    def _send(self, sink: _Sink, parts: Sequence[Buffer]) -> None:
+        if sink.broken:
+            return
+        if sink.queue:
+            self._flush(sink)
+        if not sink.queue:
+            try:
+                written = os.writev(sink.fd, parts)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError:  # EPIPE, EBADF, EIO (terminal hung up): the console is gone
+                self._break(sink)
+                return
+            total = sum(len(part) for part in parts)
+            if written == total:
+                return
+            rest: Buffer = memoryview(b"".join(parts))[written:]
+        else:
+            rest = b"".join(parts)
+        sink.queue.append(rest)
+        sink.queued += len(rest)
+        self._watch(sink)
+
+    def _flush(self, sink: _Sink) -> bool:
+        """Write what the console takes now; True if anything was written."""
+        progress = False
+        while sink.queue and not sink.broken:
+            head = sink.queue[0]
+            try:
+                written = os.write(sink.fd, head)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._break(sink)
+                break
+            progress = True
+            sink.queued -= written
+            if written == len(head):
+                sink.queue.popleft()
+            else:
+                sink.queue[0] = memoryview(head)[written:]
+        return progress
+
+    def _break(self, sink: _Sink) -> None:
+        sink.broken = True
+        sink.queue.clear()
+        sink.queued = 0
+        self._unwatch(sink)
+        self.on_room()
+
+    # ------------------------------------------------------------------ event loop
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        """Let ``selector``'s loop flush the queue when the console can take more."""
+        self.selector = selector
+        for sink in self._unique():
+            if sink.queue:
+                self._watch(sink)
+
+    def detach(self) -> None:
+        for sink in self._unique():
+            self._unwatch(sink)
+        self.selector = None
+
+    def on_writable(self, fd: int) -> bool:
+        for sink in self._unique():
+            if sink.fd == fd:
+                self._flush(sink)
+                if not sink.queue:
+                    self._unwatch(sink)
+        if all(sink.queued < CONSOLE_BUFFER // 2 for sink in self._unique()):
+            self.on_room()
+        return True
+
+    def _watch(self, sink: _Sink) -> None:
+        if self.selector is not None and not sink.watched and not sink.broken:
+            self.selector.register(sink.fd, selectors.EVENT_WRITE, self.on_writable)
+            sink.watched = True
+
+    def _unwatch(self, sink: _Sink) -> None:
+        if self.selector is not None and sink.watched:
+            self.selector.unregister(sink.fd)
+        sink.watched = False
+
+    # ------------------------------------------------------------------ the end
+
+    def flush(
+        self, interrupt_fd: int = -1, interrupted: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Wait until everything queued is written, the console takes nothing for
+        :attr:`stall_seconds`, or ``interrupt_fd`` turns readable and ``interrupted()``
+        says that what arrived there (a fatal signal) ends the wait."""
+        stall_seconds = self.stall_seconds
+        sinks = [sink for sink in self._unique() if sink.queue and not sink.broken]
+        if not sinks:
+            return
+        with selectors.DefaultSelector() as waiter:
+            for sink in sinks:
+                waiter.register(sink.fd, selectors.EVENT_WRITE, sink)
+            if interrupt_fd >= 0:
+                waiter.register(interrupt_fd, selectors.EVENT_READ, None)
+            last_progress = time.monotonic()
+            while any(sink.queue for sink in sinks):
+                left = last_progress + stall_seconds - time.monotonic()
+                if left <= 0:
+                    return
+                for key, _ in waiter.select(left):
+                    if key.data is None:
+                        if interrupted():
+                            self.stall_seconds = 0.0
+                            return
+                        continue
+                    sink = key.data
+                    if self._flush(sink):
+                        last_progress = time.monotonic()
+                    if not sink.queue:
+                        waiter.unregister(sink.fd)
+
+    def close(self) -> None:
+        self.detach()
+        self.flush()
+        for sink in self._unique():
+            if sink.owned:
+                os.close(sink.fd)
+            sink.owned = False
+            sink.broken = True
+
+    def _unique(self) -> List[_Sink]:
+        out, err = self.sinks[1], self.sinks[2]
+        return [out] if out is err else [out, err]
+
+
+_console: Optional[Console] = None
+
+
+def get() -> Console:
+    """The process's console, opened on first use."""
+    global _console
+    if _console is None:
+        _console = Console()
+    return _console
+
+
+def close() -> None:
+    """Flush (bounded by :data:`FLUSH_STALL_SECONDS` of no progress) and close the console."""
+    global _console
+    if _console is not None:
+        _console.close()
+        _console = None
+
+
+# ---------------------------------------------------------------------- workers' side
+
+
+class OutputOptions(NamedTuple):
+    """What the user asked for: per-rank logs, prefixes, and which ranks to show."""
+
+    log_fds: Mapping[str, int] = {}
+    prefix_output: bool = True
+    ranks_filter: Optional[FrozenSet[int]] = None
+
+
+#: ``spawn_worker(spec, env, stdout_fd, stderr_fd) -> (pid, exec error)``
+SpawnFn = Callable[
+    ["RankSpec", Mapping[str, str], Optional[int], Optional[int]], Tuple[int, str]
+]
+
+
+class Layout:
+    """How the launcher's own stdout/stderr look, decided once per launch."""
+
+    def __init__(self) -> None:
+        self.same_file = same_file(1, 2)
+        self.tty = {fd: os.isatty(fd) for fd in (1, 2)}
+        self._winsize: Dict[int, bytes] = {}
+
+    def open_channel(self, fd: int) -> Tuple[int, int]:
+        """(launcher's end, worker's end): a pty when ``fd`` is a terminal, else a pipe."""
+        if not self.tty[fd]:
+            return os.pipe()
+        import fcntl
+        import termios
+
+        if fd not in self._winsize:
+            try:
+                self._winsize[fd] = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+            except OSError:
+                self._winsize[fd] = b""
+        leader, follower = os.openpty()
+        try:
+            attrs = termios.tcgetattr(follower)
+            attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the launcher's terminal does it
+            termios.tcsetattr(follower, termios.TCSANOW, attrs)
+            if self._winsize[fd]:
+                fcntl.ioctl(follower, termios.TIOCSWINSZ, self._winsize[fd])
+        except BaseException:
+            os.close(leader)
+            os.close(follower)
+            raise
+        return leader, follower
+
+
+def worker_output_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``PYTHONUNBUFFERED=1`` (as ``srun -u``) unless the user set it: a worker's own
+    Python children would otherwise hold their output in a block buffer on a pipe."""
+    if "PYTHONUNBUFFERED" in env:
+        return env
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+def spawn_with_output(
+    spawn: SpawnFn,
+    spec: RankSpec,
+    env: Mapping[str, str],
+    options: OutputOptions,
+    layout: Layout,
+    relay: OutputRelay,
+) -> Tuple[int, str]:
+    """Start one worker with its stdout/stderr wired as the module docstring says."""
+    env = worker_output_env(env)
+    if spec.log_path:
+        log_fd = options.log_fds[spec.log_path]
+        return spawn(spec, env, log_fd, log_fd)
+    shown = options.ranks_filter is None or spec.rank in options.ranks_filter
+    if shown and not options.prefix_output:
+        return spawn(spec, env, None, None)
+    prefix = f"[rank{spec.rank}]: ".encode() if options.prefix_output else b""
+    # (launcher's end, worker's end, worker fds it becomes, console target or None)
+    channels: List[Tuple[int, int, Tuple[int, ...], Optional[int]]] = []
+    try:
+        if not shown:
+            channels.append((*os.pipe(), (1, 2), None))
+        elif layout.same_file:
+            channels.append((*layout.open_channel(1), (1, 2), 1))
+        else:
+            channels.append((*layout.open_channel(1), (1,), 1))
+            channels.append((*layout.open_channel(2), (2,), 2))
+        out = next(c[1] for c in channels if 1 in c[2])
+        err = next(c[1] for c in channels if 2 in c[2])
+        pid, error = spawn(spec, env, out, err)
+    except BaseException:
+        for leader, follower, _, _ in channels:
+            os.close(leader)
+            os.close(follower)
+        raise
+    for leader, follower, _, target in channels:
+        os.close(follower)
+        relay.add(leader, spec.rank, prefix, target)
+    return pid, error
