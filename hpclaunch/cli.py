@@ -9,9 +9,7 @@ error, and a script flag that happens to abbreviate a launcher flag is silently 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from typing import (
@@ -164,13 +162,24 @@ def _none_if_none(value: Optional[str]) -> Optional[str]:
     return None if value is None or value == "None" else value
 
 
+def _which(name: str) -> Optional[str]:
+    """``shutil.which`` for a bare command name: importing shutil pulls in bz2 and lzma,
+    milliseconds of every start for one PATH search."""
+    search = os.environ.get("PATH", os.defpath)
+    for directory in search.split(os.pathsep) if search else ():
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def resolve_command(args: argparse.Namespace, script: str, script_args: List[str]) -> Command:
     from hpclaunch.spawner.plan import Command
 
     if args.module and args.no_python:
         raise UsageError("--module and --no_python exclude each other: pick one")
     if args.no_python:
-        path = script if os.sep in script else shutil.which(script)
+        path = script if os.sep in script else _which(script)
         if path is None and os.path.isfile(script):
             raise UsageError(
                 f"--no_python target {script!r} is not on PATH: name the file as ./{script}"
@@ -274,7 +283,7 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
         finishers.append(finish)
     world = adapter.world(env, options)
 
-    from hpclaunch.spawner.plan import build_plan, parse_core_list
+    from hpclaunch.spawner.plan import build_plan, parse_core_list, write_plan
 
     bind: Optional[Tuple[int, ...]] = None
     if args.bind_cores_to_rank:
@@ -304,8 +313,7 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
             from hpclaunch.spawner import elastic
 
             shown["elastic"] = elastic.describe(plan, elastic.options_from_args(args, command))
-        sys.stdout.write(json.dumps(shown) + "\n")
-        sys.stdout.flush()
+        write_plan(shown, sys.stdout)
         return 0
 
     from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
