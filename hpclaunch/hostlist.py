@@ -37,15 +37,19 @@ MAX_RANGE = 64 * 1024
 #: fail fast instead of building 3.6 billion strings. Far above any real cluster.
 MAX_HOSTS = 1 << 20
 
+# Patterns are kept as strings: ``re`` compiles and caches them on first use, so the many
+# starts that import this module (the Slurm adapter's detection) and expand nothing do not
+# pay for compiling them.
+
 #: Separators between hostlist tokens outside brackets, as in Slurm.
 _SEPARATORS = frozenset(",\t ")
 
-_COUNT_ITEM = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?")
+_COUNT_ITEM = r"([0-9]+)(?:\(x([0-9]+)\))?"
 
 #: One numeric range inside brackets: ``7``, ``01-10``, or ``3-`` (Slurm reads it as ``3``).
 #: ASCII digits only: ``\d`` would take other scripts' digits, which Slurm refuses.
-_RANGE_ITEM = re.compile(r"([0-9]+)(?:-([0-9]*))?")
-_RANGE_LIST = re.compile(r"[0-9]+(?:-[0-9]*)?(?:,[0-9]+(?:-[0-9]*)?)*")
+_RANGE_ITEM = r"([0-9]+)(?:-([0-9]*))?"
+_RANGE_LIST = r"[0-9]+(?:-[0-9]*)?(?:,[0-9]+(?:-[0-9]*)?)*"
 
 _Range = Tuple[int, int, int]  # low, high, zero-padding width
 
@@ -87,7 +91,7 @@ def parse_counts(expression: str) -> List[int]:
         raise HostlistError("empty per-node count list: expected e.g. '2(x3),1'", expression)
     counts: List[int] = []
     for item in text.split(","):
-        match = _COUNT_ITEM.fullmatch(item.strip())
+        match = re.fullmatch(_COUNT_ITEM, item.strip())
         if match is None:
             raise HostlistError(
                 f"bad per-node count {item!r} in {_short(expression)!r}: expected N or N(xM)",
@@ -108,10 +112,10 @@ def _short(text: str, limit: int = 80) -> str:
 
 #: A well-formed expression: brackets pair up and never nest. Unambiguous (every part is
 #: delimited by a bracket), so it runs in linear time even when it fails.
-_WELL_FORMED = re.compile(r"[^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*")
+_WELL_FORMED = r"[^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*"
 
 #: One host token: a run of characters that are not separators, and whole bracket groups.
-_TOKEN = re.compile(r"(?:[^\[\],\t ]|\[[^\[\]]*\])+")
+_TOKEN = r"(?:[^\[\],\t ]|\[[^\[\]]*\])+"
 
 
 def _tokens(expression: str) -> Iterable[str]:
@@ -120,9 +124,9 @@ def _tokens(expression: str) -> Iterable[str]:
     Two C-level regex passes over the whole expression. A malformed one goes through the
     character scan below instead, lazily as before, so its error names the same part.
     """
-    if _WELL_FORMED.fullmatch(expression) is None:
+    if re.fullmatch(_WELL_FORMED, expression) is None:
         return _scan_tokens(expression)
-    return _TOKEN.findall(expression)
+    return re.findall(_TOKEN, expression)
 
 
 def _scan_tokens(expression: str) -> Iterator[str]:
@@ -183,9 +187,9 @@ def _split_token(token: str) -> Tuple[List[str], List[List[_Range]]]:
 def _parse_ranges(inside: str, token: str) -> List[_Range]:
     """The ranges of one bracket group: one regex pass over the whole group, then the
     per-item checks; the per-item parse below runs only to name a bad item."""
-    if _RANGE_LIST.fullmatch(inside) is not None:
+    if re.fullmatch(_RANGE_LIST, inside) is not None:
         ranges = []
-        for low_text, high_text in _RANGE_ITEM.findall(inside):
+        for low_text, high_text in re.findall(_RANGE_ITEM, inside):
             low = int(low_text)
             high = int(high_text) if high_text else low
             if low > high or high - low + 1 > MAX_RANGE:
@@ -199,7 +203,7 @@ def _parse_ranges(inside: str, token: str) -> List[_Range]:
 def _explain_ranges(inside: str, token: str) -> List[_Range]:
     ranges = []
     for item in inside.split(","):
-        match = _RANGE_ITEM.fullmatch(item)
+        match = re.fullmatch(_RANGE_ITEM, item)
         if match is None:
             raise HostlistError(
                 f"bad range {item!r} in host {token!r}: expected N, N-M or a comma list of them",

@@ -287,10 +287,12 @@ def _reject_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]
 
 #: The shape nearly every world_info has: an object of plain names (no escapes) mapping to
 #: lists of integers, JSON whitespace only. Matched in C without building a list per host.
+#: Kept as strings: ``re`` compiles (and caches) them on first use, so a start that parses
+#: no world_info does not pay for them.
 _WS = r"[ \t\n\r]*"
 _PLAIN_NAME = r'"([^"\\\x00-\x1f]*)"' + _WS + ":" + _WS
 _PLAIN_SLOTS = r"(\[[ \t\n\r0-9,\-]*\])"
-_PLAIN_ITEM_RE = re.compile(_PLAIN_NAME + _PLAIN_SLOTS)
+_PLAIN_ITEM = _PLAIN_NAME + _PLAIN_SLOTS
 
 
 def _is_object_of(item: str, text: str) -> bool:
@@ -302,10 +304,7 @@ def _is_object_of(item: str, text: str) -> bool:
     """
     unit = item + _WS + "(?:," + _WS + '(?=")|(?=' + _WS + r"\}))"
     left = re.sub(unit, "", text)
-    return _EMPTY_OBJECT_RE.fullmatch(left) is not None
-
-
-_EMPTY_OBJECT_RE = re.compile(_WS + r"\{" + _WS + r"\}" + _WS)
+    return re.fullmatch(_WS + r"\{" + _WS + r"\}" + _WS, left) is not None
 
 
 def _parse_plain_world_info(text: str) -> Optional[Tuple[Host, ...]]:
@@ -316,7 +315,7 @@ def _parse_plain_world_info(text: str) -> Optional[Tuple[Host, ...]]:
     that is not valid (a repeated name, a bad slot) goes the general way for its message.
     When every host lists the same slots (the usual case) only the names are extracted.
     """
-    first = _PLAIN_ITEM_RE.search(text)
+    first = re.search(_PLAIN_ITEM, text)
     if first is None:
         return None
     same_slots = _PLAIN_NAME + re.escape(first.group(2))
@@ -325,7 +324,7 @@ def _parse_plain_world_info(text: str) -> Optional[Tuple[Host, ...]]:
             names = re.findall(same_slots, text)
             slot_texts: List[str] = [first.group(2)] * len(names)
         elif _is_object_of(_PLAIN_NAME + _PLAIN_SLOTS, text):
-            items = _PLAIN_ITEM_RE.findall(text)
+            items = re.findall(_PLAIN_ITEM, text)
             names = list(map(_NAME, items))
             slot_texts = list(map(_SLOTS, items))
             del items
@@ -414,12 +413,9 @@ def decode_world_info(value: str) -> Tuple[Host, ...]:
 
 def parse_world_info_text(text: str) -> Tuple[Host, ...]:
     """Plain JSON (starts with ``{``) or base64, as either may sit in an ``@FILE``."""
-    if _JSON_START.match(text):  # not text.strip(): that copies a 5 MiB world
+    if re.match(r"\s*[{\[]", text):  # not text.strip(): that copies a 5 MiB world
         return parse_world_info_json(text)
     return decode_world_info(text)
-
-
-_JSON_START = re.compile(r"\s*[{\[]")
 
 
 def world_info_is_given(value: Optional[str]) -> bool:
