@@ -811,7 +811,7 @@ def _log(message: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 reps (1 for slow cases), 1-2 workers, peers optional")
+                        help="smoke run: 1 rep, small N, peers only in a few rows")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     parser.add_argument("--big", action="store_true",
                         help="also the 64-agent elastic rows (64 torch imports: ~14 GiB, long)")
