@@ -915,6 +915,53 @@ def render(results: Results, rows: Sequence[Row], cfg: Config, header: Sequence[
     sys.stdout.flush()
     stem.with_suffix(".md").write_text(document)
     log(f"wrote {stem.with_suffix('.md')}" + ("" if note or no_plot else f" and {png}"))
+    log("README.md \"Performance\" rows (medians of this run):\n" + readme_rows(results))
+
+
+#: The README's "Performance" table: (label, unit, {column: (case key, metric)}).
+_README_ROWS: Sequence[Tuple[str, str, Dict[str, Tuple[str, str]]]] = (
+    ("launcher cost, 8 × `/bin/true` workers", "s",
+     {c: (f"cost/{c}/8", "value") for c in ("hpclaunch", "floor", "torchrun", "deepspeed")}),
+    ("spawn 256 × `/bin/true` (floor: minimal Python spawner)", "s",
+     {c: (f"spawn/{c}", "value") for c in ("hpclaunch", "floor", "torchrun", "deepspeed")}),
+    ("start → first worker (floor: `python -c pass`)", "s",
+     {c: (f"start/{c}", "value") for c in ("hpclaunch", "floor", "torchrun", "deepspeed")}),
+    ("SIGTERM → all 8 workers have it", "s",
+     {c: (f"termall/{c}", "value") for c in ("hpclaunch", "floor", "torchrun", "deepspeed")}),
+    ("SIGTERM → launcher exit (4 workers)", "s",
+     {c: (f"term/{c}", "value") for c in ("hpclaunch", "torchrun", "deepspeed")}),
+    ("a worker fails → launcher exits", "s",
+     {c: (f"fail/{c}", "value") for c in ("hpclaunch", "torchrun", "deepspeed")}),
+    ("peak launcher RSS (floor: `python -c pass`)", "MiB",
+     {c: (f"rss/{c}", "rss_mib") for c in ("hpclaunch", "floor", "torchrun", "deepspeed")}),
+    ("`--dry-run`, 1,048,576 ranks", "s", {"hpclaunch": ("scale/world", "value")}),
+    ("… its peak RSS per rank", "B", {"hpclaunch": ("scale/world", "bytes_per_rank")}),
+    ("100k-node hostlist (floor: `scontrol`)", "s",
+     {"hpclaunch": ("hostlist/hpclaunch", "value"), "floor": ("hostlist/floor", "value")}),
+    ("elastic, 16 agents → all workers running", "s",
+     {c: (f"elastic/{c}/16", "value") for c in ("hpclaunch", "torchrun")}),
+    ("MPI adapter, 16 hosts, OpenMPI (floor: `mpirun date`)", "s",
+     {"hpclaunch": ("mpi/openmpi/hpclaunch/16", "value"),
+      "floor": ("mpi/openmpi/floor/16", "value")}),
+    ("MPI adapter, 16 hosts, MPICH (floor: `mpiexec date`)", "s",
+     {"hpclaunch": ("mpi/mpich/hpclaunch/16", "value"),
+      "floor": ("mpi/mpich/floor/16", "value")}),
+)
+
+
+def readme_rows(results: Results) -> str:
+    """The README's "Performance" table, medians of this run."""
+    from benchmarks.report import fmt
+
+    lines = ["| | hpclaunch | floor | torchrun | DeepSpeed launch.py |", "|---|---|---|---|---|"]
+    for label, unit, cells in _README_ROWS:
+        texts = []
+        for column in ("hpclaunch", "floor", "torchrun", "deepspeed"):
+            key, metric = cells.get(column, ("", ""))
+            value = results.median(key, metric) if key else None
+            texts.append("—" if value is None else fmt(value, unit))
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
 
 
 def rerender(raw_json: Path, out: Optional[Path], no_plot: bool,
