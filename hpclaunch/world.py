@@ -413,9 +413,22 @@ def decode_world_info(value: str) -> Tuple[Host, ...]:
 
 def parse_world_info_text(text: str) -> Tuple[Host, ...]:
     """Plain JSON (starts with ``{``) or base64, as either may sit in an ``@FILE``."""
-    if re.match(r"\s*[{\[]", text):  # not text.strip(): that copies a 5 MiB world
-        return parse_world_info_json(text)
-    return decode_world_info(text)
+    if not re.match(r"\s*[{\[]", text):
+        return decode_world_info(text)
+    return parse_world_info_json(_without_foreign_space(text))
+
+
+def _without_foreign_space(text: str) -> str:
+    """``text`` itself when the whitespace around it is JSON's own (space, tab, CR, LF: what
+    json.loads skips), else ``text.strip()``. Same JSON either way, but a 5 MiB world is not
+    copied for the newline at the end of its file."""
+    lead_match = re.match(r"\s*", text)
+    lead = lead_match.group() if lead_match else ""
+    tail = text[-256:]
+    kept = tail.rstrip()
+    if not kept or not set(lead + tail[len(kept):]) <= set(" \t\n\r"):
+        return text.strip()
+    return text
 
 
 def world_info_is_given(value: Optional[str]) -> bool:

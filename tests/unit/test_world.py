@@ -210,3 +210,10 @@ def test_world_accepts_list_slots_and_int_subclasses() -> None:
 
     world = make_world((Host("a", [0, 1]), Host("b", (Slot(3),))))  # type: ignore[arg-type]
     assert world.world_size == 3
+
+
+@pytest.mark.parametrize("wrap", ["", "\n", " \r\n\t", "\u00a0", "\n\u2003"])
+def test_any_surrounding_whitespace_is_ignored(wrap: str) -> None:
+    """A file's final newline, or a no-break space that json.loads alone would refuse."""
+    text = wrap + '{"a": [0, 1], "b": [0, 1]}' + wrap
+    assert parse_world_info_text(text) == (Host("a", (0, 1)), Host("b", (0, 1)))
