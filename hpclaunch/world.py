@@ -20,7 +20,18 @@ import itertools
 import json
 import operator
 import re
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from hpclaunch.errors import WorldInfoError
 
@@ -81,6 +92,10 @@ class World(_WorldFields):
             cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots, world_size,
             first_rank,
         )
+
+    def __getnewargs__(self) -> Tuple[Any, ...]:
+        """Pickle and copy rebuild a World from its given fields; the derived ones follow."""
+        return tuple(self)[:6]
 
     @property
     def num_nodes(self) -> int:

@@ -217,3 +217,12 @@ def test_any_surrounding_whitespace_is_ignored(wrap: str) -> None:
     """A file's final newline, or a no-break space that json.loads alone would refuse."""
     text = wrap + '{"a": [0, 1], "b": [0, 1]}' + wrap
     assert parse_world_info_text(text) == (Host("a", (0, 1)), Host("b", (0, 1)))
+
+
+def test_world_survives_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    world = make_world((Host("a", (0, 1)), Host("b", (0,))), node_rank=1)
+    assert pickle.loads(pickle.dumps(world)) == world == copy.deepcopy(world)
+    assert copy.copy(world).first_rank == 2
