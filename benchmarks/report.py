@@ -75,6 +75,10 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.2f} s"
     if unit == "MiB":
         return f"{value:.1f} MiB"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "B":
+        return f"{value:.1f} B"
     return f"{value:g}"
 
 
@@ -210,8 +214,8 @@ def plot(results: Results, series: Dict[str, Dict[str, List[Tuple[int, str]]]],
                 hi.append(stats.high - stats.median)
             if xs:
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=column)
-        ax.set_title(name)
-        ax.set_xlabel("workers")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(name.rsplit("x: ", 1)[-1].rstrip(")") if "x: " in name else "workers")
         ax.set_ylabel("seconds (median, min–max)")
         ax.set_yscale("log")
         ax.set_xscale("log", base=2)
@@ -219,7 +223,8 @@ def plot(results: Results, series: Dict[str, Dict[str, List[Tuple[int, str]]]],
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(n) for n in ticks])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     for name, items in bars.items():
         ax = flat[index]
         index += 1

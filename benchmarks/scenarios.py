@@ -9,11 +9,13 @@ still alive ``grace`` seconds after the launcher exited.
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.procs import BenchError, Fifo, Launch, kill_pids, pids_in, vm_hwm_kib, wait_gone
 
@@ -57,12 +59,15 @@ def wall(
     rss_file = workdir / "rss.txt"
     out_file = workdir / "stdout.txt"
     cmd = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *argv] if rss else list(argv)
+    cpu_before = _children_cpu()
     launch = Launch.start(cmd, env, workdir / "launcher.log", stdout=out_file)
     try:
         end = launch.wait(timeout)
     finally:
         launch.close()
     sample = Sample(value=(end - launch.started_ns) / 1e9, rc=launch.returncode)
+    # Reaped children's CPU: the launcher and every worker it reaped (one case at a time).
+    sample.extra["cpu_s"] = _children_cpu() - cpu_before
     if rss:
         sample.extra["rss_mib"] = _rss_mib(rss_file)
     if launch.returncode != 0:
@@ -70,6 +75,26 @@ def wall(
     elif check is not None:
         sample.error = check(out_file.read_text(errors="replace"))
     return sample
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: ``date +%s%N`` output: nanoseconds since the epoch (19 digits until 2286).
+_STAMP = re.compile(rb"(?<![0-9])1[0-9]{18}(?![0-9])")
+
+
+def stamps_in(*paths: Path) -> List[int]:
+    """Every ``date +%s%N`` timestamp in these files (rank prefixes and all)."""
+    found: List[int] = []
+    for path in paths:
+        try:
+            found += [int(m) for m in _STAMP.findall(path.read_bytes())]
+        except OSError:
+            pass
+    return found
 
 
 def start_latency(
@@ -175,3 +200,74 @@ def kill9_survivors(
     finally:
         kill_pids(pids)
         launch.close()
+
+
+def term_delivery(
+    argv: Sequence[str],
+    env: Dict[str, str],
+    workdir: Path,
+    fifo: Fifo,
+    workers: int,
+    timeout: float,
+) -> Sample:
+    """SIGTERM to the launcher once ``workers`` announced; ``value``: seconds until the
+    last worker had SIGTERM (each writes the CLOCK_MONOTONIC time its handler ran);
+    ``extra['exit_s']``: until the launcher exited. Workers run ``--report-term``."""
+    launch = Launch.start(argv, env, workdir / "launcher.log")
+    pids: List[int] = []
+    try:
+        pids = pids_in(fifo.expect(workers, timeout=timeout, launcher=launch))
+        event_ns = time.monotonic_ns()
+        os.kill(launch.pid, signal.SIGTERM)
+        end = launch.wait(timeout)
+        got = [line.split() for line in fifo.expect(workers, timeout=5.0)]
+        terms = [int(parts[2]) for parts in got if parts[0] == "term"]
+        if len(terms) != workers:
+            raise BenchError(f"expected {workers} SIGTERM reports, got {got}")
+        sample = Sample(value=(max(terms) - event_ns) / 1e9, rc=launch.returncode)
+        sample.extra["exit_s"] = (end - event_ns) / 1e9
+        sample.extra["first_s"] = (min(terms) - event_ns) / 1e9
+        sample.survivors = len(wait_gone(pids, SURVIVOR_GRACE_S))
+        return sample
+    finally:
+        kill_pids(pids)
+        launch.close()
+
+
+def many_launches(
+    argvs: Sequence[Sequence[str]],
+    env: Dict[str, str],
+    workdir: Path,
+    timeout: float,
+    workers: int,
+) -> Sample:
+    """Start every argv at once (elastic agents, one per emulated node) and time the job.
+
+    ``value``: from just before the first start to the last worker running (each worker is
+    ``date +%s%N``); ``extra['exit_s']``: to the last launcher's exit. Every launcher must
+    exit 0 and ``workers`` timestamps must appear.
+    """
+    before = time.time_ns()
+    started = time.monotonic_ns()
+    launches: List[Tuple[Launch, Path]] = []
+    try:
+        for index, argv in enumerate(argvs):
+            out = workdir / f"stdout.{index}"
+            launches.append((Launch.start(argv, env, workdir / f"launcher.{index}.log",
+                                          stdout=out), out))
+        deadline = time.monotonic() + timeout
+        ends = [launch.wait(max(0.1, deadline - time.monotonic())) for launch, _ in launches]
+    finally:
+        for launch, _ in launches:
+            launch.close()
+    failed = [(launch.returncode, launch.tail()) for launch, _ in launches
+              if launch.returncode != 0]
+    if failed:
+        return Sample(error=f"{len(failed)} launcher(s) failed, first: exit {failed[0][0]}: "
+                            f"{failed[0][1]}")
+    found = stamps_in(*(out for _, out in launches))
+    if len(found) < workers:
+        return Sample(error=f"{len(found)} of {workers} workers reported running")
+    sample = Sample(value=(max(found) - before) / 1e9, rc=0)
+    sample.extra["exit_s"] = (max(ends) - started) / 1e9
+    return sample

@@ -7,7 +7,8 @@ happened to notice it. CLOCK_MONOTONIC is one clock for every process on the mac
 
 Lines on ``--ready`` (each one ``os.write``, atomic below PIPE_BUF, so lines never interleave):
 ``worker <rank> <pid>``, ``child <rank> <pid>``, ``daemon <rank> <pid>``,
-``dead <rank> <monotonic_ns>``. Works under hpclaunch, torchrun and DeepSpeed's launcher:
+``dead <rank> <monotonic_ns>``, ``term <rank> <monotonic_ns>`` (when SIGTERM arrived).
+Works under hpclaunch, torchrun and DeepSpeed's launcher:
 the rank comes from ``RANK`` and DeepSpeed's ``--local_rank=N`` is accepted and ignored.
 """
 
@@ -43,11 +44,19 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", help="leave a double-forked setsid daemon")
     parser.add_argument("--fail-rank", type=int, default=-1, help="this rank fails on SIGUSR1")
     parser.add_argument("--code", type=int, default=3, help="exit status of the failing rank")
+    parser.add_argument("--report-term", action="store_true",
+                        help="on SIGTERM write 'term <rank> <monotonic_ns>' and exit 0")
     args, _ = parser.parse_known_args()
     rank = int(os.environ.get("RANK", "0"))
 
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif args.report_term:
+        def on_term(signum: int, frame: object) -> None:
+            announce(args.ready, f"term {rank} {time.monotonic_ns()}")
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
     if args.daemon and os.fork() == 0:
         os.setsid()
         if os.fork() == 0:

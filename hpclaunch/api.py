@@ -79,6 +79,17 @@ def detect_world(
     return world
 
 
+def _which(name: str) -> Optional[str]:
+    """``shutil.which`` for a bare command name: importing shutil pulls in bz2 and lzma,
+    milliseconds of every start for one PATH search."""
+    search = os.environ.get("PATH", os.defpath)
+    for directory in search.split(os.pathsep) if search else ():
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def resolve_command(
     script: str,
     args: Sequence[str] = (),
@@ -91,7 +102,6 @@ def resolve_command(
 
     ``local_rank=False`` is ``--no_local_rank``. The current interpreter runs Python workers.
     """
-    import shutil
     import sys
 
     from hpclaunch.spawner.plan import Command
@@ -99,7 +109,7 @@ def resolve_command(
     if module and no_python:
         raise UsageError("--module and --no_python exclude each other: pick one")
     if no_python:
-        path = script if os.sep in script else shutil.which(script)
+        path = script if os.sep in script else _which(script)
         if path is None and os.path.isfile(script):
             raise UsageError(
                 f"--no_python target {script!r} is not on PATH: name the file as ./{script}"

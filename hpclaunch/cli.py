@@ -58,6 +58,29 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter minus its ``import shutil`` (which pulls in bz2 and lzma, ms of
+    every start): argparse builds one per ``add_argument`` only to check the flag, and
+    shutil would only measure the terminal, which ``os`` does as well."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if is_decimal(columns) and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+        return 80
+
+
 def _flag(parser: argparse._ActionsContainer, name: str, **kwargs: object) -> None:
     """A DeepSpeed-spelled flag plus its dashed alias (``--node_rank`` and ``--node-rank``)."""
     names = [name]
@@ -74,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start this node's workers of a distributed PyTorch job "
         "(a drop-in for deepspeed.launcher.launch).",
         allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         epilog=HELP_EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"hpclaunch {__version__}")
@@ -349,10 +372,9 @@ def _main(argv: Sequence[str]) -> int:
     command = resolve_command(args, script, script_args)
     plan = _plan(args, command, env)
     if args.dry_run:
-        import json
+        from hpclaunch.spawner.plan import write_plan
 
-        sys.stdout.write(json.dumps(plan.to_json()) + "\n")
-        sys.stdout.flush()
+        write_plan(plan.to_json(), sys.stdout)
         return 0
     outcome = _launch(args, plan, env)
     _report(outcome)

@@ -14,8 +14,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import gc
+import itertools
 import json
-from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple
+import operator
+import re
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from hpclaunch.errors import WorldInfoError
 
@@ -40,6 +56,10 @@ class _WorldFields(NamedTuple):
     master_port: int
     run_id: str
     gpu_slots: bool = True
+    #: Derived in ``World.__new__`` (never passed): the sum of all slot counts.
+    world_size: int = 0
+    #: Derived: the global rank of this node's local rank 0 (prefix sum of slot counts).
+    first_rank: int = 0
 
 
 class World(_WorldFields):
@@ -49,7 +69,9 @@ class World(_WorldFields):
     or merely process slots (CPU-only worlds). ``run_id`` is shared by every node of the job.
     Validated when built, so no adapter can hand the spawner an impossible world. (A
     NamedTuple rather than a frozen dataclass: ``dataclasses`` imports ``inspect``, which
-    alone was half of the launcher's import time.)
+    alone was half of the launcher's import time.) ``world_size`` and ``first_rank`` are
+    computed once here: every worker's env needs them, and summing 131,072 hosts' slot
+    counts per variable per worker was most of a big dry-run's time.
     """
 
     __slots__ = ()
@@ -63,31 +85,21 @@ class World(_WorldFields):
         run_id: str,
         gpu_slots: bool = True,
     ) -> World:
-        self = super().__new__(cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots)
-        self._validate()
-        return self
+        _validate_world(hosts, node_rank, master_addr, master_port)
+        world_size = sum(map(len, map(_SLOTS, hosts)))
+        first_rank = sum(map(len, map(_SLOTS, itertools.islice(hosts, node_rank))))
+        return super().__new__(
+            cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots, world_size,
+            first_rank,
+        )
 
-    def _validate(self) -> None:
-        validate_hosts(self.hosts)
-        if not 0 <= self.node_rank < len(self.hosts):
-            raise WorldInfoError(
-                f"node_rank {self.node_rank} is out of range: the world has {len(self.hosts)} "
-                f"node(s), so use --node_rank 0..{len(self.hosts) - 1}"
-            )
-        validate_port(self.master_port)
-        if not self.master_addr or any(c.isspace() for c in self.master_addr):
-            raise WorldInfoError(
-                f"master_addr {self.master_addr!r} is not a host name or address; "
-                "pass --master_addr with the address of the node with rank 0"
-            )
+    def __getnewargs__(self) -> Tuple[Any, ...]:
+        """Pickle and copy rebuild a World from its given fields; the derived ones follow."""
+        return tuple(self)[:6]
 
     @property
     def num_nodes(self) -> int:
         return len(self.hosts)
-
-    @property
-    def world_size(self) -> int:
-        return sum(len(h.slots) for h in self.hosts)
 
     @property
     def this_host(self) -> Host:
@@ -99,16 +111,44 @@ class World(_WorldFields):
 
     def rank_offset(self, node_rank: int) -> int:
         """Global rank of local rank 0 on host ``node_rank`` (prefix sum of slot counts)."""
-        return sum(len(h.slots) for h in self.hosts[:node_rank])
+        if node_rank == self.node_rank:
+            return self.first_rank
+        return sum(map(len, map(_SLOTS, itertools.islice(self.hosts, node_rank))))
 
     def global_ranks(self) -> range:
         """The global ranks of this node's workers, in local-rank order."""
-        start = self.rank_offset(self.node_rank)
-        return range(start, start + self.local_world_size)
+        return range(self.first_rank, self.first_rank + self.local_world_size)
 
     def world_info(self) -> Dict[str, List[int]]:
         """The DeepSpeed world_info mapping, in node order."""
         return {h.name: list(h.slots) for h in self.hosts}
+
+    def slot_map(self) -> Dict[str, Tuple[int, ...]]:
+        """world_info with tuples: what ``json.dumps`` writes identically, built in C (a
+        Host is a ``(name, slots)`` pair) and sharing the hosts' slot tuples."""
+        return dict(self.hosts)
+
+
+#: ``Host.name`` and ``Host.slots`` as C-level getters, for ``map`` over many hosts.
+_NAME = operator.itemgetter(0)
+_SLOTS = operator.itemgetter(1)
+
+
+def _validate_world(
+    hosts: Tuple[Host, ...], node_rank: int, master_addr: str, master_port: int
+) -> None:
+    validate_hosts(hosts)
+    if not 0 <= node_rank < len(hosts):
+        raise WorldInfoError(
+            f"node_rank {node_rank} is out of range: the world has {len(hosts)} "
+            f"node(s), so use --node_rank 0..{len(hosts) - 1}"
+        )
+    validate_port(master_port)
+    if not master_addr or any(c.isspace() for c in master_addr):
+        raise WorldInfoError(
+            f"master_addr {master_addr!r} is not a host name or address; "
+            "pass --master_addr with the address of the node with rank 0"
+        )
 
 
 def is_decimal(text: str) -> bool:
@@ -122,9 +162,53 @@ def validate_port(port: int) -> None:
 
 
 def validate_hosts(hosts: Sequence[Host]) -> None:
-    """Check the shape every source must satisfy; messages name the offending host."""
+    """Check the shape every source must satisfy; messages name the offending host.
+
+    A million-rank world is checked with a handful of C-level passes
+    (:func:`_hosts_look_valid`); only when those find something wrong does the per-host loop
+    run, to name the first offending host exactly as it always has.
+    """
+    global _last_valid_hosts
+    if hosts is _last_valid_hosts:
+        return
     if not hosts:
         raise WorldInfoError("the world has no hosts: world_info must name at least one host")
+    if not _hosts_look_valid(hosts):
+        _explain_invalid_hosts(hosts)
+    elif isinstance(hosts, tuple):
+        _last_valid_hosts = hosts
+
+
+#: The last hosts tuple that passed the fast checks. Those checks admit only str names and
+#: tuples of ints, so the object cannot have changed since: when the parser's hosts reach
+#: ``World`` the same object is not checked a second time.
+_last_valid_hosts: object = None
+
+
+def _hosts_look_valid(hosts: Sequence[Host]) -> bool:
+    """True only if every check of :func:`_explain_invalid_hosts` passes; may say False for
+    a valid world of unusual types (int subclasses, list slots): the slow path decides."""
+    names = list(map(_NAME, hosts))
+    if set(map(type, names)) != {str}:
+        return False
+    unique = set(names)
+    if len(unique) != len(names) or "" in unique:
+        return False
+    if any(map(operator.ne, names, map(str.strip, names))):  # spaces around a name
+        return False
+    try:
+        distinct_slots = set(map(_SLOTS, hosts))  # usually one tuple shared by every host
+    except TypeError:  # unhashable slot ids: let the slow path name them
+        return False
+    for slots in distinct_slots:
+        if type(slots) is not tuple or not slots or set(map(type, slots)) != {int}:
+            return False
+        if min(slots) < 0 or len(set(slots)) != len(slots):
+            return False
+    return True
+
+
+def _explain_invalid_hosts(hosts: Sequence[Host]) -> None:
     seen = set()
     for host in hosts:
         if not isinstance(host.name, str) or not host.name or host.name != host.name.strip():
@@ -150,30 +234,136 @@ def validate_hosts(hosts: Sequence[Host]) -> None:
 
 
 def hosts_from_mapping(mapping: Mapping[str, Sequence[int]]) -> Tuple[Host, ...]:
-    hosts = tuple(Host(str(name), tuple(slots)) for name, slots in mapping.items())
-    validate_hosts(hosts)
-    return hosts
+    """Hosts in the mapping's order; checked by :class:`World` when one is built from them.
+
+    Equal slot lists become one shared tuple (8 GPUs per node is one tuple, not 131,072),
+    and each Host is made by ``tuple.__new__`` in C (what a NamedTuple's ``__new__`` does in
+    Python): together a third of a million-rank dry-run's memory and most of its parse time.
+    """
+    slot_tuples = list(map(tuple, mapping.values()))
+    shared: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
+    try:
+        slot_tuples = list(map(shared.setdefault, slot_tuples, slot_tuples))
+    except TypeError:  # unhashable slot ids (nested lists): World's validation names them
+        pass
+    pairs = zip(map(str, mapping.keys()), slot_tuples)
+    return tuple(map(tuple.__new__, itertools.repeat(Host), pairs))
 
 
 def encode_world_info(hosts: Sequence[Host]) -> str:
     """DeepSpeed's encoding: urlsafe base64 of the JSON object, insertion order = node order."""
-    payload = json.dumps({h.name: list(h.slots) for h in hosts}, separators=(",", ":"))
+    payload = world_info_json(hosts, compact=True)
     return base64.urlsafe_b64encode(payload.encode()).decode()
 
 
+def world_info_json(pairs: Sequence[Tuple[str, Sequence[int]]], compact: bool = False) -> str:
+    """``json.dumps(dict(pairs))`` (``separators=(",", ":")`` when ``compact``), the same text.
+
+    Hosts share a few slot tuples (:func:`hosts_from_mapping`), so each distinct tuple is
+    encoded once and the names by json's own C escaper: a million-rank world is written in a
+    few C-level passes instead of json's one call per slot id, which took 0.3 s per copy.
+    """
+    return "".join(object_json_chunks(map(_NAME, pairs), list(map(_SLOTS, pairs)), compact))
+
+
+def object_json_chunks(
+    names: Iterable[str], slot_column: List[Sequence[int]], compact: bool
+) -> Iterator[str]:
+    """:func:`world_info_json` over two columns (a dict's keys and values, or hosts'), in
+    chunks of at most 16,384 hosts: a writer never holds the whole text (5 MiB a million
+    ranks) and its encoded copy at once."""
+    item_sep, key_sep = (",", ":") if compact else (", ", ": ")
+    encoded: Dict[int, str] = {}
+    for slots in {id(slots): slots for slots in slot_column}.values():
+        encoded[id(slots)] = json.dumps(list(slots), separators=(item_sep, key_sep))
+    quoted = map(json.encoder.encode_basestring_ascii, names)
+    texts = map(encoded.__getitem__, map(id, slot_column))
+    items = map(("{}" + key_sep + "{}").format, quoted, texts)
+    yield "{"
+    for start in range(0, len(slot_column), _CHUNK_HOSTS):
+        yield (item_sep if start else "") + item_sep.join(itertools.islice(items, _CHUNK_HOSTS))
+    yield "}"
+
+
+_CHUNK_HOSTS = 16384
+
+
 def _reject_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
-    result: Dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
             raise WorldInfoError(f"world_info lists host {key!r} twice: list each host once")
-        result[key] = value
-    return result
+        seen.add(key)
+    raise AssertionError("unreachable: a shorter dict means a repeated key")
+
+
+#: The shape nearly every world_info has: an object of plain names (no escapes) mapping to
+#: lists of integers, JSON whitespace only. Matched in C without building a list per host.
+#: Kept as strings: ``re`` compiles (and caches) them on first use, so a start that parses
+#: no world_info does not pay for them.
+_WS = r"[ \t\n\r]*"
+_PLAIN_NAME = r'"([^"\\\x00-\x1f]*)"' + _WS + ":" + _WS
+_PLAIN_SLOTS = r"(\[[ \t\n\r0-9,\-]*\])"
+_PLAIN_ITEM = _PLAIN_NAME + _PLAIN_SLOTS
+
+
+def _is_object_of(item: str, text: str) -> bool:
+    """Whether ``text`` is exactly a JSON object of one or more ``item``s.
+
+    Removes every ``item`` that is followed by a comma and the next name, or by the closing
+    brace, and looks at what is left: only the braces must be. (One ``fullmatch`` of a
+    repeated group would keep a backtracking record per host, 40 MiB for a million ranks.)
+    """
+    unit = item + _WS + "(?:," + _WS + '(?=")|(?=' + _WS + r"\}))"
+    left = re.sub(unit, "", text)
+    return re.fullmatch(_WS + r"\{" + _WS + r"\}" + _WS, left) is not None
+
+
+def _parse_plain_world_info(text: str) -> Optional[Tuple[Host, ...]]:
+    """The hosts of a plain world_info, or None to let :func:`json.loads` decide.
+
+    Gives exactly what the general path gives, or None: names without escapes are their own
+    JSON value, each distinct slot list is read by ``json.loads`` itself, and any world
+    that is not valid (a repeated name, a bad slot) goes the general way for its message.
+    When every host lists the same slots (the usual case) only the names are extracted.
+    """
+    first = re.search(_PLAIN_ITEM, text)
+    if first is None:
+        return None
+    same_slots = _PLAIN_NAME + re.escape(first.group(2))
+    with _gc_paused():
+        if _is_object_of(same_slots, text):
+            names = re.findall(same_slots, text)
+            slot_texts: List[str] = [first.group(2)] * len(names)
+        elif _is_object_of(_PLAIN_NAME + _PLAIN_SLOTS, text):
+            items = re.findall(_PLAIN_ITEM, text)
+            names = list(map(_NAME, items))
+            slot_texts = list(map(_SLOTS, items))
+            del items
+        else:
+            return None
+        try:
+            parsed = {t: tuple(json.loads(t)) for t in set(slot_texts)}
+        except ValueError:
+            return None
+        pairs = zip(names, map(parsed.__getitem__, slot_texts))
+        hosts = tuple(map(tuple.__new__, itertools.repeat(Host), pairs))
+    return hosts if _hosts_look_valid(hosts) else None
 
 
 def parse_world_info_json(text: str) -> Tuple[Host, ...]:
     """Parse the JSON form. Keeps the object's order; refuses duplicate hosts."""
+    plain = _parse_plain_world_info(text)
+    if plain is not None:
+        global _last_valid_hosts
+        _last_valid_hosts = plain
+        return plain
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        with _gc_paused():
+            obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except WorldInfoError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -185,12 +375,31 @@ def parse_world_info_json(text: str) -> Tuple[Host, ...]:
         raise WorldInfoError(
             f"world_info must be a JSON object mapping host to slot ids, got {type(obj).__name__}"
         )
-    for name, slots in obj.items():
-        if not isinstance(slots, list):
-            raise WorldInfoError(
-                f"world_info host {name!r} maps to {slots!r}: it must map to a list of slot ids"
-            )
-    return hosts_from_mapping(obj)
+    if set(map(type, obj.values())) != {list}:
+        for name, slots in obj.items():
+            if not isinstance(slots, list):
+                raise WorldInfoError(
+                    f"world_info host {name!r} maps to {slots!r}: it must map to a list of "
+                    "slot ids"
+                )
+    with _gc_paused():
+        hosts = hosts_from_mapping(obj)
+    validate_hosts(hosts)
+    return hosts
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while a big world is parsed: json.loads and the Host tuples allocate
+    hundreds of thousands of containers, none of them in a cycle, and the collector would
+    walk the growing heap again and again (a third of a million-rank parse)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def decode_world_info(value: str) -> Tuple[Host, ...]:
@@ -219,7 +428,20 @@ def decode_world_info(value: str) -> Tuple[Host, ...]:
 
 def parse_world_info_text(text: str) -> Tuple[Host, ...]:
     """Plain JSON (starts with ``{``) or base64, as either may sit in an ``@FILE``."""
-    stripped = text.strip()
-    if stripped.startswith("{") or stripped.startswith("["):
-        return parse_world_info_json(stripped)
-    return decode_world_info(stripped)
+    if not re.match(r"\s*[{\[]", text):
+        return decode_world_info(text)
+    return parse_world_info_json(_without_foreign_space(text))
+
+
+def _without_foreign_space(text: str) -> str:
+    """``text`` itself when the whitespace around it is JSON's own (space, tab, CR, LF: what
+    json.loads skips), else ``text.strip()``. Same JSON either way, but a 5 MiB world is not
+    copied for the newline at the end of its file."""
+    lead_match = re.match(r"\s*", text)
+    lead = lead_match.group() if lead_match else ""
+    tail = text[-256:]
+    kept = tail.rstrip()
+    if not kept or not set(lead + tail[len(kept):]) <= set(" \t\n\r"):
+        return text.strip()
+    return text
+

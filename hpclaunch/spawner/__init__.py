@@ -8,13 +8,12 @@ nothing and surface as :class:`~hpclaunch.errors.SpawnError` (exit 2).
 
 from __future__ import annotations
 
-from typing import Callable, FrozenSet, Mapping, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, FrozenSet, Mapping, NamedTuple, Optional
 
-from hpclaunch.spawner import files
-from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.plan import LaunchPlan
-from hpclaunch.spawner.report import Outcome
-from hpclaunch.spawner.supervisor import Supervisor, SupervisorOptions
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.report import Outcome
 
 
 class RunOptions(NamedTuple):
@@ -28,6 +27,12 @@ class RunOptions(NamedTuple):
 
 
 def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
+    # Imported here, not at the top: ``--dry-run`` and the elastic path import this package
+    # for RunOptions/plan alone and must not pay for ctypes, signal and selectors.
+    from hpclaunch.spawner import files
+    from hpclaunch.spawner.guard import launch_guard
+    from hpclaunch.spawner.supervisor import Supervisor, SupervisorOptions
+
     log_fds: Mapping[str, int] = {}
     with launch_guard(options.pid_file) as guard:
         try:
@@ -57,4 +62,4 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
             files.close_all(log_fds.values())
 
 
-__all__ = ["RunOptions", "run", "LaunchPlan", "Outcome"]
+__all__ = ["RunOptions", "run", "LaunchPlan"]

@@ -7,11 +7,24 @@ and the log timestamp taken by the caller.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+)
 
 from hpclaunch.errors import UsageError
-from hpclaunch.world import World, is_decimal
+from hpclaunch.world import World, is_decimal, object_json_chunks
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.elastic.config import ElasticSetup
@@ -95,7 +108,7 @@ class LaunchPlan(NamedTuple):
             "node_rank": world.node_rank,
             "master_addr": world.master_addr,
             "master_port": world.master_port,
-            "world_info": world.world_info(),
+            "world_info": world.slot_map(),  # tuples: dumped as lists, built in C
             "world_size": world.world_size,
             "num_nodes": world.num_nodes,
             "host": self.host,
@@ -105,6 +118,28 @@ class LaunchPlan(NamedTuple):
         if self.elastic is not None:
             shown["elastic"] = self.elastic.describe(world.run_id)
         return shown
+
+
+def plan_json_chunks(shown: Mapping[str, Any]) -> Iterator[str]:
+    """``json.dumps(shown)`` in pieces, the same text, with a ``world_info`` mapping written
+    by :func:`~hpclaunch.world.object_json_chunks`: for a million-rank world 0.3 s less
+    than json, and no extra copy of its 5 MiB when written piece by piece."""
+    yield "{"
+    for index, (key, value) in enumerate(shown.items()):
+        yield (", " if index else "") + json.dumps(key) + ": "
+        if key == "world_info" and isinstance(value, dict):
+            yield from object_json_chunks(value.keys(), list(value.values()), compact=False)
+        else:
+            yield json.dumps(value)
+    yield "}"
+
+
+def write_plan(shown: Mapping[str, Any], stream: TextIO) -> None:
+    """The ``--dry-run`` output: the plan as one line of JSON."""
+    for chunk in plan_json_chunks(shown):
+        stream.write(chunk)
+    stream.write("\n")
+    stream.flush()
 
 
 def worker_argv(command: Command, local_rank: int) -> Tuple[str, ...]:

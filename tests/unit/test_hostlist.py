@@ -7,7 +7,6 @@ in tests/slurm/ compares with the real ``scontrol`` on hundreds of generated exp
 from __future__ import annotations
 
 import itertools
-import time
 from typing import List, Tuple
 
 import pytest
@@ -98,26 +97,26 @@ def test_bad_expressions_raise_with_the_offending_part(expression: str, part: st
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.timeout(30)  # a hang guard: refusing must not build 3.6 billion names first
 def test_huge_product_is_refused_before_expanding() -> None:
-    start = time.perf_counter()
-    with pytest.raises(HostlistError):
+    with pytest.raises(HostlistError, match="more than"):
         expand_hostlist("a[1-60000]b[1-60000]")
-    assert time.perf_counter() - start < 1.0
 
 
-def test_ten_thousand_nodes_expand_in_milliseconds() -> None:
-    expressions = [
-        "node[00001-10000]",
-        "r[001-100]n[001-100]",
-        ",".join(f"gpu{i:05d}" for i in range(10000)),
-        ",".join(f"rack{i}-n[{i}-{i + 9}]" for i in range(1000)),
-    ]
-    for expression in expressions:
-        start = time.perf_counter()
-        hosts = expand_hostlist(expression)
-        elapsed = time.perf_counter() - start
-        assert len(hosts) == 10000
-        assert elapsed < 0.25, f"{expression[:30]}... took {elapsed * 1000:.1f} ms"
+@pytest.mark.parametrize(
+    "expression, first, last",
+    [
+        ("node[00001-10000]", "node00001", "node10000"),
+        ("r[001-100]n[001-100]", "r001n001", "r100n100"),
+        (",".join(f"gpu{i:05d}" for i in range(10000)), "gpu00000", "gpu09999"),
+        (",".join(f"rack{i}-n[{i}-{i + 9}]" for i in range(1000)), "rack0-n0", "rack999-n1008"),
+    ],
+)
+def test_ten_thousand_nodes_expand(expression: str, first: str, last: str) -> None:
+    """Big lists come out whole and in order (their speed is a row of benchmarks/run.py)."""
+    hosts = expand_hostlist(expression)
+    assert (len(hosts), hosts[0], hosts[-1]) == (10000, first, last)
+    assert len(set(hosts)) == 10000
 
 
 # -- properties ---------------------------------------------------------------------------

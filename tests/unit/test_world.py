@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import pytest
@@ -10,12 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import WorldInfoError
+from hpclaunch.spawner.plan import Command, build_plan, plan_json_chunks, write_plan
 from hpclaunch.world import (
     Host,
     World,
     decode_world_info,
     encode_world_info,
     parse_world_info_text,
+    world_info_json,
 )
 
 host_names = st.text(
@@ -106,3 +109,120 @@ def test_node_rank_out_of_range(node_rank: int) -> None:
 def test_bad_port(port: int) -> None:
     with pytest.raises(WorldInfoError, match="master_port"):
         World((Host("a", (0,)),), 0, "x", port, "r")
+
+
+# -- big worlds: the fast paths must give exactly what the general ones give ------------------
+
+json_space = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
+
+
+@given(host_tuples, json_space, json_space)
+def test_plain_fast_path_agrees_with_json(hosts: tuple[Host, ...], a: str, b: str) -> None:
+    """Any spacing JSON allows, names with or without escapes: the same hosts as json.loads."""
+    body = f",{a}".join(
+        f"{json.dumps(h.name)}{b}:{a}[{f',{b}'.join(map(str, h.slots))}]" for h in hosts
+    )
+    text = f"{a}{{{b}{body}{a}}}{b}"
+    expected = tuple(Host(k, tuple(v)) for k, v in json.loads(text).items())
+    assert parse_world_info_text(text) == expected == hosts
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"a": [0], "a": [1]}', "world_info lists host 'a' twice"),  # the JSON path's words
+        ('{"a": [0],}', "not valid JSON"),
+        ('{"a": [0] "b": [1]}', "not valid JSON"),
+        ('{"a": [01]}', "not valid JSON"),
+        ('{"a": [0]}{"b": [0]}', "not valid JSON"),
+        ('{"a": [1, 1]}', "twice"),
+        ('{"a": [-1]}', "integers"),
+        ('{" a": [0]}', "surrounding spaces"),
+        ('{"a":\u00a0[0]}', "not valid JSON"),  # no-break space is not JSON whitespace
+    ],
+)
+def test_plain_looking_bad_worlds_get_the_general_message(text: str, fragment: str) -> None:
+    with pytest.raises(WorldInfoError, match=fragment):
+        parse_world_info_text(text)
+
+
+def test_equal_slot_lists_share_one_tuple() -> None:
+    text = json.dumps({f"n{i}": list(range(8)) for i in range(1000)})
+    hosts = parse_world_info_text(text)
+    assert len(hosts) == 1000 and len({id(h.slots) for h in hosts}) == 1
+    mixed = parse_world_info_text(json.dumps({"a": [0, 1], "b": [2], "c": [0, 1]}))
+    assert mixed == (Host("a", (0, 1)), Host("b", (2,)), Host("c", (0, 1)))
+    assert mixed[0].slots is mixed[2].slots
+
+
+@given(host_tuples, st.booleans())
+def test_world_info_json_is_json_dumps(hosts: tuple[Host, ...], compact: bool) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    expected = json.dumps({h.name: list(h.slots) for h in hosts}, separators=separators)
+    assert world_info_json(hosts, compact=compact) == expected
+
+
+def test_dry_run_text_is_json_dumps_of_the_plan() -> None:
+    hosts = tuple(Host(f"node{i}\u00e9", (0, 1) if i % 3 else (5,)) for i in range(40000))
+    world = make_world(hosts, node_rank=39999)
+    shown = build_plan("explicit", world, Command("/bin/true", mode="exec")).to_json()
+    stream = io.StringIO()
+    write_plan(shown, stream)
+    assert stream.getvalue() == json.dumps(shown) + "\n"
+    assert "".join(plan_json_chunks(shown)) == json.dumps(shown)
+
+
+@given(host_tuples, st.data())
+def test_cached_sizes_are_the_sums(hosts: tuple[Host, ...], data: st.DataObject) -> None:
+    node = data.draw(st.integers(0, len(hosts) - 1))
+    world = make_world(hosts, node)
+    sizes = [len(h.slots) for h in hosts]
+    assert world.world_size == sum(sizes)
+    assert world.first_rank == sum(sizes[:node]) == world.rank_offset(node)
+    assert [world.rank_offset(n) for n in range(len(hosts))] == [
+        sum(sizes[:n]) for n in range(len(hosts))
+    ]
+
+
+@pytest.mark.parametrize(
+    "hosts, fragment",
+    [
+        ((Host("a", (0,)), Host("a", (1,))), "listed twice"),
+        ((Host("a ", (0,)),), "surrounding spaces"),
+        ((Host("a", ()),), "no slots"),
+        ((Host("a", (True,)),), "integers"),
+        ((Host("a", [0, 0]),), "twice"),  # type: ignore[arg-type]
+        ((Host("a", ([0],)),), "integers"),  # type: ignore[arg-type]
+    ],
+)
+def test_world_refuses_what_the_fast_checks_reject(
+    hosts: tuple[Host, ...], fragment: str
+) -> None:
+    with pytest.raises(WorldInfoError, match=fragment):
+        make_world(hosts)
+
+
+def test_world_accepts_list_slots_and_int_subclasses() -> None:
+    """Unusual but valid types fail the fast checks and pass the exact ones."""
+
+    class Slot(int):
+        pass
+
+    world = make_world((Host("a", [0, 1]), Host("b", (Slot(3),))))  # type: ignore[arg-type]
+    assert world.world_size == 3
+
+
+@pytest.mark.parametrize("wrap", ["", "\n", " \r\n\t", "\u00a0", "\n\u2003"])
+def test_any_surrounding_whitespace_is_ignored(wrap: str) -> None:
+    """A file's final newline, or a no-break space that json.loads alone would refuse."""
+    text = wrap + '{"a": [0, 1], "b": [0, 1]}' + wrap
+    assert parse_world_info_text(text) == (Host("a", (0, 1)), Host("b", (0, 1)))
+
+
+def test_world_survives_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    world = make_world((Host("a", (0, 1)), Host("b", (0,))), node_rank=1)
+    assert pickle.loads(pickle.dumps(world)) == world == copy.deepcopy(world)
+    assert copy.copy(world).first_rank == 2
