@@ -198,8 +198,8 @@ def resolve_command(args: argparse.Namespace, script: str, script_args: List[str
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.kill_timeout < 0:
-        raise UsageError(f"--kill_timeout {args.kill_timeout:g} must be >= 0 seconds")
+    if not 0 <= args.kill_timeout <= 86400:  # also refuses nan (every comparison is False)
+        raise UsageError(f"--kill_timeout {args.kill_timeout:g}: give seconds from 0 to 86400")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
         raise UsageError(f"--nproc_per_node {args.nproc_per_node} must be at least 1")
     if args.node_rank is not None and args.node_rank < 0:
@@ -315,11 +315,19 @@ def _main(argv: Sequence[str], finishers: Optional[List[Callable[[int], None]]] 
 
     level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
     log = _make_log(level)
+    from hpclaunch import reporter
+
+    reporter.install(reporter.Reporter(level))
     launch: Callable[[LaunchPlan, RunOptions, Mapping[str, str]], Outcome] = run
     if args.enable_elastic_training:
         from hpclaunch.spawner import elastic
 
         launch = elastic.runner(elastic.options_from_args(args, command))
+    from hpclaunch.spawner import preflight
+
+    preflight.check(plan, not args.no_prefix and world.world_size > 1 and launch is run,
+                    parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
+                    explicit_port=args.master_port is not None)
     outcome = launch(
         plan,
         RunOptions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,9 @@ def test_foreign_owned_pid_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_stale_pid_file_of_our_own_is_replaced(tmp_path: Path) -> None:
-    (tmp_path / "98.deepspeed").write_text("1")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process (a live one is refused: test_reliability)
+    (tmp_path / "98.deepspeed").write_text(str(gone.pid))
     script = tmp_path / "t.py"
     script.write_text(
         f"import os\nopen({str(tmp_path / 'seen')!r}, 'w').write("
@@ -74,7 +77,7 @@ def test_stale_pid_file_of_our_own_is_replaced(tmp_path: Path) -> None:
         "--save_pid", "98", str(script), env=dict(os.environ, TMPDIR=str(tmp_path))
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "seen").read_text() != "1"
+    assert (tmp_path / "seen").read_text() != str(gone.pid)
     assert not (tmp_path / "98.deepspeed").exists()
 
 
