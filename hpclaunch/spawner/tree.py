@@ -297,15 +297,24 @@ def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: 
 
 
 def _kill_everything(groups: Set[int], token: str) -> None:
-    for pgid in groups:
-        send_group(pgid, signal.SIGKILL)
-    # Repeat: a process may have forked between our scan and its freeze.
-    for _ in range(20):
+    """Kill the recorded groups, then every marked process until two scans find none.
+
+    One empty scan is not enough: a process caught inside ``execve`` has no readable
+    environment for a moment, and would be missed if it were the last one.
+    """
+    empty_scans = 0
+    for _ in range(50):
+        for pgid in groups:
+            send_group(pgid, signal.SIGKILL)
         pids = marked_processes(token)
-        if not pids:
-            return
-        freeze_and_kill(pids)
-        time.sleep(0.01)  # let the kernel finish the kills before rescanning
+        if pids:
+            empty_scans = 0
+            freeze_and_kill(pids)
+        else:
+            empty_scans += 1
+            if empty_scans == 2:
+                return
+        time.sleep(0.01)  # let the kernel finish the kills (and any exec) before rescanning
 
 
 def pid_file_draft(path: str, launcher: int) -> str:
