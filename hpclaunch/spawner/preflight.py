@@ -97,6 +97,8 @@ def check_master_port(plan: LaunchPlan, explicit_port: bool) -> None:
     if not hosts_master(plan, explicit_port):
         return
     addr, port = plan.world.master_addr, plan.world.master_port
+    if not _may_be_this_host(addr, plan.host):
+        return
     why = _bind_error(addr, port)
     if why is None:
         return
@@ -104,6 +106,25 @@ def check_master_port(plan: LaunchPlan, explicit_port: bool) -> None:
         f"master port {port} on {addr} is already in use ({why}): stop what listens there "
         "or pick another with --master_port"
     )
+
+
+def _may_be_this_host(addr: str, host: str) -> bool:
+    """An address literal, or a name of this host: worth a (fast, local) resolution.
+
+    Any other name is left alone: resolving it may wait on DNS, and the check is only a
+    courtesy (the workers would report a busy port themselves).
+    """
+    import socket
+
+    if addr in ("localhost", host, socket.gethostname()):
+        return True
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, addr)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _bind_error(addr: str, port: int) -> Optional[str]:
