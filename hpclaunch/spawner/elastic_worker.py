@@ -55,6 +55,7 @@ def become_worker(
     stderr_fd: Optional[int] = None,
     keep_fd: Optional[int] = None,
     new_session: bool = False,
+    restore_signals: bool = True,
 ) -> None:
     """The worker's own setup, shared by static workers (in the launcher's forked child) and
     elastic ones (in this shim): then exec the command in place. Returns only by raising.
@@ -63,7 +64,8 @@ def become_worker(
     teardown signals the group); death signal, then a check that ``parent`` did not die
     before it was armed; cores; stdout/stderr; with ``keep_fd`` set, every descriptor but
     0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's ``close_fds=True`` (an MPI
-    process manager's pipes are not the worker's); default SIGPIPE/SIGXFSZ; exec.
+    process manager's pipes are not the worker's); default SIGPIPE/SIGXFSZ (unless the
+    caller already reset them); exec.
     """
     if new_session:
         os.setsid()
@@ -80,8 +82,9 @@ def become_worker(
         if keep_fd > 3:
             os.closerange(3, keep_fd)
         os.closerange(max(3, keep_fd + 1), MAX_FD)
-    for sig in RESTORED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+    if restore_signals:
+        for sig in RESTORED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
     os.execve(argv[0], list(argv), env)
 
 

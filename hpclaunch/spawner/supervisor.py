@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, NoReturn, Optional, Set
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, NoReturn, Optional, Set
 
 from hpclaunch import reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.elastic_worker import MAX_FD as MAX_FD  # elastic.py's agent uses it
 from hpclaunch.spawner.elastic_worker import become_worker
 from hpclaunch.spawner.files import LogFile
-from hpclaunch.spawner.inbox import SignalInbox, fork_with_signals_blocked, reset_in_child
+from hpclaunch.spawner.inbox import (
+    SignalInbox,
+    fork_with_signals_blocked,
+    reset_in_child,
+    set_mask,
+)
 from hpclaunch.spawner.loop import TreeSupervisor, note_sent
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
 from hpclaunch.spawner.relay import OutputRelay
@@ -60,7 +65,7 @@ def spawn_worker(
     )
     if pid == 0:
         _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    set_mask(old_mask)
     if wait_read < 0:
         return pid, ""
     os.close(status_fd)
@@ -86,7 +91,7 @@ def _child(
     """Between fork and exec: only what must run in the child, then the shared setup."""
     try:
         reset_in_child()
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        set_mask(old_mask)
         become_worker(
             spec.argv,
             env,
@@ -97,6 +102,7 @@ def _child(
             stderr_fd=stderr_fd,
             keep_fd=status_fd,
             new_session=True,
+            restore_signals=False,  # reset_in_child did, without signal.py's enum work
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
@@ -105,6 +111,10 @@ def _child(
         finally:
             os._exit(127)
     os._exit(127)
+
+
+#: Workers reported to the watchdog per write while starting (one write wakes it once).
+TRACK_BATCH = 64
 
 
 class Supervisor(TreeSupervisor):
@@ -134,6 +144,8 @@ class Supervisor(TreeSupervisor):
         #: Ranks forked so far, and ranks that exited 0: success needs both to be all of them.
         self.started = 0
         self.succeeded = 0
+        #: Workers forked but not yet reported to the watchdog (see :data:`TRACK_BATCH`).
+        self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
         self.relay = OutputRelay(self.selector)
@@ -152,8 +164,11 @@ class Supervisor(TreeSupervisor):
                 if self.phase != self.RUNNING:
                     return  # a fatal signal or a failure arrived while starting: no more
                 self.start_one(spec)
+                if len(self.untracked) >= TRACK_BATCH:
+                    self.track_started()
                 self.handle_signals(self.inbox.drain())
         finally:
+            self.track_started()
             os.close(self.status_write)  # every child has its copy: EOF once all have exec'd
             self.status_write = -1
         self.check_all_done()
@@ -166,9 +181,14 @@ class Supervisor(TreeSupervisor):
         self.no_children = False
         self.live[pid] = spec
         self.started += 1
-        self.watchdog.track(pid)
+        self.untracked.append(pid)
         if error:
             self.exec_errors[pid] = error
+
+    def track_started(self) -> None:
+        """Tell the watchdog the new workers' process groups, in one write."""
+        self.watchdog.track_many(self.untracked)
+        self.untracked = []
 
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pipe to the relay, else the console as it is."""
