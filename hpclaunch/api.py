@@ -224,6 +224,7 @@ def launch(
     pid_file: Optional[str] = None,
     prefix_output: Optional[bool] = None,
     ranks_filter: Optional[Iterable[int]] = None,
+    explicit_port: bool = False,
 ) -> Outcome:
     """Run the plan's workers to the end and return the :class:`Outcome` (never raises for a
     worker's failure: ``outcome.exit_code`` is the contract's exit status).
@@ -232,12 +233,15 @@ def launch(
     the plan's variables. ``kill_timeout`` is the SIGTERM -> SIGKILL wait at teardown;
     ``pid_file`` is written for the launch's duration; ``prefix_output`` (default: more than
     one worker in the world) prefixes console lines with ``[rank<R>]: ``; ``ranks_filter``
-    shows only these ranks' console output. Signals to this process (SIGINT, SIGTERM,
-    SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as in the CLI.
+    shows only these ranks' console output; ``explicit_port`` says the caller chose the master
+    port, so a single-node (local) plan checks that it is free too. Signals to this process
+    (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as
+    in the CLI.
     Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad log directory
-    or PID file, or elastic mode without torch.
+    or PID file, a master port in use, too low a file-descriptor limit, or elastic mode
+    without torch.
     """
-    from hpclaunch.spawner import RunOptions, run
+    from hpclaunch.spawner import RunOptions, preflight, run
 
     source = os.environ if env is None else env
     base_env = _adapter_for(plan.adapter).worker_environment(source)
@@ -248,6 +252,12 @@ def launch(
         banner=banner(plan),
         prefix_output=plan.world.world_size > 1 if prefix_output is None else prefix_output,
         ranks_filter=frozenset(ranks_filter) if ranks_filter is not None else None,
+    )
+    preflight.check(
+        plan,
+        options.prefix_output and plan.elastic is None,  # elastic workers write directly
+        options.ranks_filter,
+        explicit_port=explicit_port,
     )
     if plan.elastic is not None:
         from hpclaunch.spawner.elastic.launcher import run_elastic

@@ -213,8 +213,8 @@ def _world_options(args: argparse.Namespace) -> WorldOptions:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.kill_timeout < 0:
-        raise UsageError(f"--kill_timeout {args.kill_timeout:g} must be >= 0 seconds")
+    if not 0 <= args.kill_timeout <= 86400:  # also refuses nan (every comparison is False)
+        raise UsageError(f"--kill_timeout {args.kill_timeout:g}: give seconds from 0 to 86400")
     _world_options(args).check()
     if args.save_pid < 0:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
@@ -350,6 +350,7 @@ def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> 
         pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
         prefix_output=not args.no_prefix and plan.world.world_size > 1,
         ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
+        explicit_port=args.master_port is not None,
     )
 
 

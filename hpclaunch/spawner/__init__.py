@@ -33,10 +33,10 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
     from hpclaunch.spawner.guard import launch_guard
     from hpclaunch.spawner.supervisor import Supervisor, SupervisorOptions
 
-    log_fds: Mapping[str, int] = {}
+    logs: Mapping[str, files.LogFile] = {}
     with launch_guard(options.pid_file) as guard:
         try:
-            log_fds = files.open_log_files(s.log_path for s in plan.workers if s.log_path)
+            logs = files.open_log_files(s.log_path for s in plan.workers if s.log_path)
             supervisor = Supervisor(
                 plan,
                 SupervisorOptions(
@@ -47,9 +47,10 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
                     ranks_filter=options.ranks_filter,
                 ),
                 base_env,
-                log_fds,
+                logs,
                 guard.inbox,
                 guard.watchdog,
+                guard.helpers,
             )
             if options.banner:
                 options.log(options.banner)
@@ -59,7 +60,7 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
             guard.clean = supervisor.finished()
             return supervisor.outcome()
         finally:
-            files.close_all(log_fds.values())
+            files.close_all(log.fd for log in logs.values())
 
 
 __all__ = ["RunOptions", "run", "LaunchPlan"]

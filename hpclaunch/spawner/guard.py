@@ -1,7 +1,8 @@
 """What every launch, static or elastic, sets up before its first child and undoes after.
 
-In order: signal handlers (so no signal is lost or kills us half-way), the PID file, the
-watchdog (so a ``kill -9`` of the launcher still kills everything), then the subreaper bit
+In order: signal handlers (so no signal is lost or kills us half-way), the check of an
+existing PID file, the watchdog (so a ``kill -9`` of the launcher still kills everything and
+removes the PID file), the PID file, then the subreaper bit
 (after the watchdog, which must not be our child). Undone in reverse on every exit path;
 the watchdog is told "done" only when the launch ended with nothing left running, so any
 other exit -- an exception included -- makes it kill whatever carries the launch's token.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import FrozenSet, Iterator, Optional
 
 from hpclaunch.spawner import files, tree
 from hpclaunch.spawner.inbox import SignalInbox
@@ -27,6 +28,8 @@ class LaunchGuard:
         self.watchdog = tree.Watchdog(-1)
         #: Set by the caller when the launch ended with no descendant left.
         self.clean = False
+        #: Our own helpers that are our children (the watchdog, when we are PID 1).
+        self.helpers: FrozenSet[int] = frozenset()
 
 
 @contextmanager
@@ -38,10 +41,16 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
     watchdog: Optional[tree.Watchdog] = None
     try:
         if pid_file is not None:
-            files.write_pid_file(pid_file, os.getpid())
-            pid_written = True
+            files.check_pid_file(pid_file)
+        # The watchdog first: a launcher killed while writing the PID file leaves a draft
+        # or a whole file, and the watchdog, which knows the path, removes either.
         watchdog = tree.start_watchdog(guard.token, pid_file)
         guard.watchdog = watchdog
+        if tree.parent_of(watchdog.pid) == os.getpid():  # we are PID 1 and adopted it
+            guard.helpers = frozenset({watchdog.pid})
+        if pid_file is not None:
+            files.write_pid_file(pid_file, os.getpid())
+            pid_written = True
         tree.become_subreaper()
         tree.load_libc()
         yield guard

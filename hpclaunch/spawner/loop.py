@@ -19,7 +19,7 @@ import os
 import selectors
 import signal
 import time
-from typing import Callable, List, Optional, Set
+from typing import AbstractSet, Callable, FrozenSet, List, Optional, Sequence, Set
 
 from hpclaunch import reporter
 from hpclaunch.spawner import tree
@@ -31,15 +31,30 @@ from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbo
 KILL_WAIT_SECONDS = 10.0
 
 
+def note_sent(sig: int, what: str, pids: Sequence[int]) -> None:
+    """Every signal the launcher sends is a debug line (built only when debug is on)."""
+    if pids and reporter.get().enabled(reporter.DEBUG):
+        shown = " ".join(str(pid) for pid in pids)
+        reporter.get().debug(f"sent {signal.Signals(sig).name} to {len(pids)} {what}: {shown}")
+
+
 class TreeSupervisor:
     """Phases RUNNING -> TERMINATING (SIGTERM sent, clock running) -> KILLING (SIGKILL sent)."""
 
     RUNNING, TERMINATING, KILLING = "running", "terminating", "killing"
 
     def __init__(
-        self, inbox: SignalInbox, kill_timeout: float, log: Callable[[str], None]
+        self,
+        inbox: SignalInbox,
+        kill_timeout: float,
+        log: Callable[[str], None],
+        helpers: AbstractSet[int] = frozenset(),
     ) -> None:
         self.inbox = inbox
+        #: The launcher's own helper processes that are its children (the watchdog, when the
+        #: launcher is PID 1 of a namespace): never a worker, never a leftover, and not what
+        #: "no children left" waits for.
+        self.helpers: FrozenSet[int] = frozenset(helpers)
         self.kill_timeout = kill_timeout
         self.log = log
         self.me = os.getpid()
@@ -111,9 +126,34 @@ class TreeSupervisor:
                 self.no_children = True
                 return
             if pid == 0:
-                self.no_children = False
+                self.no_children = self.only_helpers_left()
                 return
+            if pid in self.helpers:
+                self.helpers = self.helpers - {pid}
+                continue
             self.on_child_exit(pid, status)
+
+    def only_helpers_left(self) -> bool:
+        """Children remain; True if they are all our own helpers (as PID 1: the watchdog)."""
+        return bool(self.helpers) and tree.direct_children(self.me) <= self.helpers
+
+    def descendants(self) -> List[int]:
+        """Every process the workers started that is still here (our helpers left out)."""
+        return tree.descendants(self.me, self.helpers)
+
+    def signal_strays(self, sig: int, already: AbstractSet[int] = frozenset()) -> List[int]:
+        """Send ``sig`` to every descendant outside the process groups in ``already``."""
+        sent = []
+        for pid in self.descendants():
+            try:
+                if os.getpgid(pid) in already:
+                    continue
+            except OSError:
+                continue
+            if tree.send(pid, sig):
+                sent.append(pid)
+        note_sent(sig, "process(es) outside the workers' groups", sent)
+        return sent
 
     def no_children_now(self) -> bool:
         """Reap what is ready; True when no descendant at all is left."""
@@ -127,17 +167,17 @@ class TreeSupervisor:
         self.deadline = time.monotonic() + self.kill_timeout + extra
 
     def terminate_descendants(self) -> None:
-        for pid in tree.descendants(self.me):
-            tree.send(pid, signal.SIGTERM)
+        self.signal_strays(signal.SIGTERM)
 
     def begin_kill(self) -> None:
         self.phase = self.KILLING
         self.deadline = time.monotonic() + KILL_WAIT_SECONDS
         for _ in range(10):  # again: a process may fork between our walk and its freeze
-            fresh = [p for p in tree.descendants(self.me) if p not in self.killed]
+            fresh = [p for p in self.descendants() if p not in self.killed]
             if not fresh:
                 break
             tree.freeze_and_kill(fresh)
+            note_sent(signal.SIGKILL, "process(es), each after SIGSTOP", fresh)
             self.killed.update(fresh)
         if self.killed:
             reporter.get().warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")

@@ -8,24 +8,26 @@ loop's (:mod:`hpclaunch.spawner.loop`).
 from __future__ import annotations
 
 import os
+import selectors
 import signal
-from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, NoReturn, Optional, Set
 
 from hpclaunch import reporter
 from hpclaunch.spawner import binding, console, tree
+from hpclaunch.spawner.elastic.worker import MAX_FD as MAX_FD  # the elastic agent uses it
+from hpclaunch.spawner.elastic.worker import become_worker
+from hpclaunch.spawner.files import LogFile
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     SignalInbox,
     fork_with_signals_blocked,
     reset_in_child,
+    set_mask,
 )
-from hpclaunch.spawner.loop import TreeSupervisor
+from hpclaunch.spawner.loop import TreeSupervisor, note_sent
 from hpclaunch.spawner.plan import LaunchPlan, RankSpec
 from hpclaunch.spawner.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
-
-#: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
-MAX_FD = 1 << 30
 
 
 class SupervisorOptions(NamedTuple):
@@ -43,108 +45,197 @@ def spawn_worker(
     env: Mapping[str, str],
     stdout_fd: Optional[int] = None,
     stderr_fd: Optional[int] = None,
+    status_fd: int = -1,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
-    Returns the PID and, if exec failed, why (the child then exits 127). Handled signals
-    are blocked across the fork so a signal can never run the launcher's handler in the
-    child; the child restores default dispositions before unblocking.
+    With ``status_fd`` (the write end of the supervisor's exec-status pipe) this returns at
+    once with ``(pid, "")``: a child that cannot exec writes ``"<pid> <why>"`` there and
+    exits 127, and the event loop collects it, so all workers are forked before any exec
+    status is waited for. Without it, it waits for this child's exec and returns
+    ``(pid, why)`` ("" when exec succeeded). Handled signals are blocked across the fork so a
+    signal can never run the launcher's handler in the child; the child restores default
+    dispositions before unblocking.
     """
     parent = os.getpid()
-    err_read, err_write = os.pipe()  # close-on-exec: EOF means exec succeeded
-    pid, old_mask = fork_with_signals_blocked((err_read, err_write))
+    wait_read = -1
+    if status_fd < 0:
+        wait_read, status_fd = os.pipe()  # close-on-exec: EOF means exec succeeded
+    pid, old_mask = fork_with_signals_blocked(
+        (wait_read, status_fd) if wait_read >= 0 else ()
+    )
     if pid == 0:
-        try:
-            os.close(err_read)
-            reset_in_child()
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.setsid()
-            tree.set_parent_death_signal(signal.SIGKILL)
-            if os.getppid() != parent:  # the launcher died before pdeathsig was armed
-                os._exit(1)
-            binding.bind_self(spec.cpus, spec.mem_node)
-            if stdout_fd is not None:
-                os.dup2(stdout_fd, 1)
-            if stderr_fd is not None:
-                os.dup2(stderr_fd, 2)
-            # Only 0-2 go to the worker (as torchrun's close_fds=True): descriptors the
-            # launcher inherited, e.g. an MPI process manager's pipes, are not the worker's.
-            os.closerange(3, err_write)
-            os.closerange(err_write + 1, MAX_FD)
-            os.execve(spec.argv[0], list(spec.argv), dict(env))
-        except BaseException as exc:  # noqa: B036 - must never return into the launcher
-            try:
-                os.write(err_write, f"cannot start {spec.argv[0]!r}: {exc}".encode())
-            finally:
-                os._exit(127)
-        os._exit(127)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    os.close(err_write)
+        _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd)
+    set_mask(old_mask)
+    if wait_read < 0:
+        return pid, ""
+    os.close(status_fd)
     chunks = []
     while True:
-        chunk = os.read(err_read, 4096)
+        chunk = os.read(wait_read, 4096)
         if not chunk:
             break
         chunks.append(chunk)
-    os.close(err_read)
-    return pid, b"".join(chunks).decode(errors="replace")
+    os.close(wait_read)
+    return pid, b"".join(chunks).decode(errors="replace").partition(" ")[2].rstrip("\n")
+
+
+def _child(
+    spec: RankSpec,
+    env: Mapping[str, str],
+    parent: int,
+    old_mask: Set[int],
+    stdout_fd: Optional[int],
+    stderr_fd: Optional[int],
+    status_fd: int,
+) -> NoReturn:
+    """Between fork and exec: only what must run in the child, then the shared setup."""
+    try:
+        reset_in_child()
+        set_mask(old_mask)
+        if spec.mem_node is not None:  # --numa_binding; inherited across exec
+            binding.prefer_memory_node(spec.mem_node)
+        become_worker(
+            spec.argv,
+            env,
+            parent,
+            tree.arm_death_signal,
+            cpus=spec.cpus,
+            stdout_fd=stdout_fd,
+            stderr_fd=stderr_fd,
+            keep_fd=status_fd,
+            new_session=True,
+            restore_signals=False,  # reset_in_child did, without signal.py's enum work
+        )
+    except BaseException as exc:  # noqa: B036 - must never return into the launcher
+        try:
+            why = " ".join(f"cannot start {spec.argv[0]!r}: {exc}".split())[:3000]
+            os.write(status_fd, f"{os.getpid()} {why}\n".encode(errors="replace"))
+        finally:
+            os._exit(127)
+    os._exit(127)
+
+
+#: Workers reported to the watchdog per write while starting (one write wakes it once).
+TRACK_BATCH = 64
 
 
 class Supervisor(TreeSupervisor):
-    """Runs one plan to an :class:`Outcome`; owns every process it starts."""
+    """Runs one plan to an :class:`Outcome`; owns every process it starts.
+
+    The rule it holds: exit 0 only when every planned rank was started and exited 0.
+    """
 
     def __init__(
         self,
         plan: LaunchPlan,
         options: SupervisorOptions,
         base_env: Mapping[str, str],
-        log_fds: Mapping[str, int],
+        log_files: Mapping[str, LogFile],
         inbox: SignalInbox,
         watchdog: tree.Watchdog,
+        helpers: FrozenSet[int] = frozenset(),
     ) -> None:
-        super().__init__(inbox, options.kill_timeout, options.log)
+        super().__init__(inbox, options.kill_timeout, options.log, helpers)
         self.plan = plan
         self.options = options
         self.base_env = base_env
-        self.log_fds = log_fds
+        self.log_files = log_files
+        self.log_fds = {path: log.fd for path, log in log_files.items()}
         self.watchdog = watchdog
         self.live: Dict[int, RankSpec] = {}
+        #: Ranks forked so far, and ranks that exited 0: success needs both to be all of them.
+        self.started = 0
+        self.succeeded = 0
+        #: Workers forked but not yet reported to the watchdog (see :data:`TRACK_BATCH`).
+        self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
         self.console = console.get()
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
-        self.output = console.OutputOptions(log_fds, options.prefix_output, options.ranks_filter)
+        self.output = console.OutputOptions(
+            self.log_fds, options.prefix_output, options.ranks_filter
+        )
         self.layout = console.Layout()
+        # One pipe for every child's exec status, read by the loop: a child that cannot exec
+        # writes one "<pid> <why>" line (atomic: shorter than PIPE_BUF) and exits 127.
+        self.status_read, self.status_write = _pipe_above_stdio()
+        os.set_blocking(self.status_read, False)
+        self.selector.register(self.status_read, selectors.EVENT_READ, self.read_exec_status)
 
     # ------------------------------------------------------------------ spawning
 
     def start_all(self) -> None:
-        for spec in self.plan.workers:
-            if self.phase != self.RUNNING:
-                return  # a fatal signal or a failure arrived while starting: start no more
-            env = dict(self.base_env)
-            env.update(spec.env)
-            env[tree.TREE_TOKEN_VAR] = self.options.tree_token
-            pid, error = self.spawn_with_output(spec, env)
-            self.no_children = False
-            self.live[pid] = spec
-            self.watchdog.track(pid)
-            if error:
-                self.exec_errors[pid] = error
-            self.handle_signals(self.inbox.drain())
+        """Fork every worker first; exec statuses and exits arrive in the event loop."""
+        try:
+            for spec in self.plan.workers:
+                if self.phase != self.RUNNING:
+                    return  # a fatal signal or a failure arrived while starting: no more
+                self.start_one(spec)
+                if len(self.untracked) >= TRACK_BATCH:
+                    self.track_started()
+                self.handle_signals(self.inbox.drain())
+        finally:
+            self.track_started()
+            os.close(self.status_write)  # every child has its copy: EOF once all have exec'd
+            self.status_write = -1
+        self.check_all_done()
+
+    def start_one(self, spec: RankSpec) -> None:
+        env = dict(self.base_env)
+        env.update(spec.env)
+        env[tree.TREE_TOKEN_VAR] = self.options.tree_token
+        pid, error = self.spawn_with_output(spec, env)
+        self.no_children = False
+        self.live[pid] = spec
+        self.started += 1
+        self.untracked.append(pid)
+        if error:
+            self.exec_errors[pid] = error
+
+    def track_started(self) -> None:
+        """Tell the watchdog the new workers' process groups, in one write."""
+        self.watchdog.track_many(self.untracked)
+        self.untracked = []
 
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
-        return console.spawn_with_output(
-            spawn_worker, spec, env, self.output, self.layout, self.relay
-        )
+        status = self.status_write
+
+        def spawn(
+            spec: RankSpec, env: Mapping[str, str], out: Optional[int], err: Optional[int]
+        ) -> tuple[int, str]:
+            return spawn_worker(spec, env, out, err, status)
+
+        return console.spawn_with_output(spawn, spec, env, self.output, self.layout, self.relay)
+
+    def read_exec_status(self, fd: int) -> None:
+        """Collect "<pid> <why>" lines from children that could not exec."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                if self.status_read >= 0 and self.status_write < 0:
+                    self.selector.unregister(self.status_read)  # every child has exec'd
+                    os.close(self.status_read)
+                    self.status_read = -1
+                break
+            data += chunk
+        for line in data.decode(errors="replace").splitlines():
+            pid, _, why = line.partition(" ")
+            if pid.isdigit():
+                self.exec_errors[int(pid)] = why
 
     # ------------------------------------------------------------------ loop hooks
 
     def forward(self, sig: int) -> None:
         for pid in self.live:
             tree.send(pid, sig)
+        note_sent(sig, "worker(s)", list(self.live))
         self.log(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
 
     def on_fatal(self, sig: int) -> None:
@@ -161,11 +252,16 @@ class Supervisor(TreeSupervisor):
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         if code == 0:
-            if not self.live and self.phase == self.RUNNING and not self.no_children_now():
-                self.cleanup_leftovers()
+            self.succeeded += 1
+            self.check_all_done()
             return
         if self.phase != self.RUNNING or self.failure is not None:
             return  # a consequence of our own teardown, not a cause
+        if code == 127 and self.status_read >= 0:
+            self.read_exec_status(self.status_read)  # it wrote why before it exited
+        log_path = spec.log_path
+        if log_path is not None and log_path in self.log_files:
+            log_path = self.log_files[log_path].path  # the name the log really got
         self.failure = WorkerFailure(
             rank=spec.rank,
             local_rank=spec.local_rank,
@@ -173,26 +269,45 @@ class Supervisor(TreeSupervisor):
             pid=pid,
             exit_code=code,
             signal=sig,
-            log_path=spec.log_path,
+            log_path=log_path,
             detail=self.exec_errors.get(pid, ""),
         )
         self.log(f"{self.failure.describe()}: stopping the other workers")
         self.begin_terminate()
 
+    def check_all_done(self) -> None:
+        """Every planned rank started and none is left: stop what the workers left running.
+
+        Only then: a worker that exits 0 early (leaving a daemon) while later ranks are
+        still being started is not the end of the job.
+        """
+        if self.live or self.started < len(self.plan.workers) or self.phase != self.RUNNING:
+            return
+        if not self.no_children_now():
+            self.cleanup_leftovers()
+
     def cleanup_leftovers(self) -> None:
         """Every worker succeeded but left descendants (daemons): stop them too."""
-        self.leftovers = len(tree.descendants(self.me))
+        self.start_clock()
+        self.leftovers = len(self.signal_strays(signal.SIGTERM))
         reporter.get().warning(
             f"all workers exited 0 but {self.leftovers} process(es) they started are still "
             "running: stopping them"
         )
-        self.begin_terminate()
 
     def begin_terminate(self) -> None:
+        """SIGTERM to each worker's process group at once, then to strays found by a walk.
+
+        The groups are known (each worker leads its own session), so every worker has its
+        signal before any /proc walk; the walk then finds what left the groups (setsid'd
+        daemons, children of workers already gone).
+        """
         self.start_clock()
-        targets = set(self.live) | set(tree.descendants(self.me))
-        for pid in targets:
-            tree.send(pid, signal.SIGTERM)
+        groups = list(self.live)
+        for pgid in groups:
+            tree.send_group(pgid, signal.SIGTERM)
+        note_sent(signal.SIGTERM, "worker process group(s)", groups)
+        self.signal_strays(signal.SIGTERM, already=frozenset(groups))
 
     def finished(self) -> bool:
         return not self.live and self.no_children
@@ -211,6 +326,10 @@ class Supervisor(TreeSupervisor):
         if self.fatal_signal is not None:
             self.console.stall_seconds = 0.0
         self.console.flush(self.inbox.read_fd, self.fatal_signal_arrived)
+        for fd in (self.status_read, self.status_write):
+            if fd >= 0:
+                os.close(fd)
+        self.status_read = self.status_write = -1
         super().close()
 
     def fatal_signal_arrived(self) -> bool:
@@ -221,6 +340,12 @@ class Supervisor(TreeSupervisor):
             code = self.failure.status
         elif self.fatal_signal is not None:
             code = 128 + self.fatal_signal
+        elif self.succeeded < len(self.plan.workers):
+            # Never reached by a correct run; if it is, say so rather than report success.
+            reporter.get().error(
+                f"only {self.succeeded} of {len(self.plan.workers)} worker(s) ran to exit 0"
+            )
+            code = 1
         else:
             code = 0
         failure = self.failure
@@ -232,3 +357,17 @@ class Supervisor(TreeSupervisor):
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
         )
+
+
+def _pipe_above_stdio() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are not 0-2 (free when the launcher ran with ``2>&-``),
+    so a worker's dup2 onto its stdout/stderr can never clobber it."""
+    read_fd, write_fd = os.pipe()
+    if min(read_fd, write_fd) > 2:
+        return read_fd, write_fd
+    import fcntl
+
+    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (read_fd, write_fd))
+    os.close(read_fd)
+    os.close(write_fd)
+    return moved[0], moved[1]

@@ -21,7 +21,7 @@ import errno
 import os
 import signal
 import time
-from typing import Iterable, List, Optional, Set
+from typing import AbstractSet, Dict, Iterable, List, Optional, Set
 
 from hpclaunch import reporter
 
@@ -58,6 +58,11 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     _prctl(PR_SET_PDEATHSIG, int(sig))
 
 
+def arm_death_signal() -> None:
+    """In a forked worker: die by SIGKILL with the launcher."""
+    _prctl(PR_SET_PDEATHSIG, 9)
+
+
 def load_libc() -> None:
     """Load libc before forking, so children never run the dynamic loader between fork/exec."""
     global _libc
@@ -65,14 +70,78 @@ def load_libc() -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def descendants(root: int) -> List[int]:
-    """Every live descendant of ``root`` (zombies included), found by a walk of /proc."""
-    import psutil  # lazily: only teardown needs it
+def descendants(root: int, exclude: AbstractSet[int] = frozenset()) -> List[int]:
+    """Every live descendant of ``root`` (zombies included).
 
+    Walked down the kernel's own child lists (``/proc/<pid>/task/<tid>/children``) where
+    the kernel has them, else from one pass over ``/proc/*/stat``; either way no psutil
+    import sits between a signal and the first kill. ``exclude`` are the launcher's own
+    helpers (the watchdog, which is the launcher's child when the launcher is PID 1 of a
+    namespace and so adopts every orphan): never a worker's leftover.
+    """
+    table = children_table() if _thread_children(root) is None else None
+    found: List[int] = []
+    queue = [root]
+    while queue:
+        pid = queue.pop()
+        if table is not None:
+            children: Iterable[int] = table.get(pid, ())
+        else:
+            children = sorted(_thread_children(pid) or ())
+        for child in children:
+            if child not in exclude:
+                found.append(child)
+                queue.append(child)
+    return found
+
+
+def direct_children(pid: int) -> Set[int]:
+    """``pid``'s children (zombies included)."""
+    children = _thread_children(pid)
+    if children is None:
+        children = set(children_table().get(pid, []))
+    return children
+
+
+def _thread_children(pid: int) -> Optional[Set[int]]:
+    """Children from the per-thread lists, or None where there are none to read.
+
+    A child belongs to the thread that forked it, so every thread's list is read.
+    """
     try:
-        return [p.pid for p in psutil.Process(root).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    children: Set[int] = set()
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                children.update(int(word) for word in handle.read().split())
+        except OSError:
+            if tid == str(pid):
+                return None  # gone, or a kernel without CONFIG_PROC_CHILDREN
+    return children
+
+
+def children_table() -> Dict[int, List[int]]:
+    """parent PID -> child PIDs, for every process on the machine (one read per process)."""
+    table: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        parent = parent_of(int(name))
+        if parent:
+            table.setdefault(parent, []).append(int(name))
+    return table
+
+
+def parent_of(pid: int) -> int:
+    """``pid``'s parent PID from /proc (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def marked_processes(token: str) -> List[int]:
@@ -136,14 +205,22 @@ def freeze_and_kill(pids: Iterable[int]) -> int:
 
 
 class Watchdog:
-    """The launcher's end of the watchdog pipe."""
+    """The launcher's end of the watchdog pipe, and the watchdog's PID (0: none)."""
 
-    def __init__(self, write_fd: int) -> None:
+    def __init__(self, write_fd: int, pid: int = 0) -> None:
         self._fd: Optional[int] = write_fd if write_fd >= 0 else None
+        self.pid = pid
 
     def track(self, pgid: int) -> None:
         """Tell the watchdog about a worker's process group (= its PID: one session each)."""
         self._write(f"pgid {pgid}\n")
+
+    def track_many(self, pgids: Iterable[int]) -> None:
+        """Several groups in one write: each write wakes the watchdog (a context switch on a
+        small machine, ~3 ms), and until it is told, pdeathsig and the token cover them."""
+        lines = "".join(f"pgid {pgid}\n" for pgid in pgids)
+        if lines:
+            self._write(lines)
 
     def done(self) -> None:
         """Teardown finished cleanly: the watchdog may exit without killing anything."""
@@ -170,23 +247,35 @@ def start_watchdog(token: str, pid_file: Optional[str] = None) -> Watchdog:
     It is double-forked *before* the launcher becomes a subreaper, so it is not the
     launcher's child: the launcher's "no children left" test then means "no workers or
     descendants left", and a terminal's Ctrl-C or a scheduler's signal to the launcher's
-    process group does not reach it.
+    process group does not reach it. The one exception is a launcher that is PID 1 of a
+    PID namespace (a container's entrypoint): every orphan, the watchdog included, is then
+    re-parented to it, so the watchdog's PID is returned for the loop to leave it out.
     """
     read_fd, write_fd = os.pipe()
+    pid_read, pid_write = os.pipe()
     launcher = os.getpid()
     pid = os.fork()
     if pid == 0:  # intermediate
         try:
             os.close(write_fd)
+            os.close(pid_read)
             os.setsid()
-            if os.fork() != 0:
+            grandchild = os.fork()
+            if grandchild != 0:
+                os.write(pid_write, str(grandchild).encode())
                 os._exit(0)
+            os.close(pid_write)
             _watchdog_main(read_fd, token, pid_file, launcher)
         finally:
             os._exit(0)
     os.close(read_fd)
+    os.close(pid_write)
     os.waitpid(pid, 0)
-    return Watchdog(write_fd)
+    try:
+        watchdog_pid = int(os.read(pid_read, 32) or b"0")
+    finally:
+        os.close(pid_read)
+    return Watchdog(write_fd, watchdog_pid)
 
 
 def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: int) -> None:
@@ -223,19 +312,37 @@ def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: 
 
 
 def _kill_everything(groups: Set[int], token: str) -> None:
-    for pgid in groups:
-        send_group(pgid, signal.SIGKILL)
-    # Repeat: a process may have forked between our scan and its freeze.
-    for _ in range(20):
+    """Kill the recorded groups, then every marked process until two scans find none.
+
+    One empty scan is not enough: a process caught inside ``execve`` has no readable
+    environment for a moment, and would be missed if it were the last one.
+    """
+    empty_scans = 0
+    for _ in range(50):
+        for pgid in groups:
+            send_group(pgid, signal.SIGKILL)
         pids = marked_processes(token)
-        if not pids:
-            return
-        freeze_and_kill(pids)
-        time.sleep(0.01)  # let the kernel finish the kills before rescanning
+        if pids:
+            empty_scans = 0
+            freeze_and_kill(pids)
+        else:
+            empty_scans += 1
+            if empty_scans == 2:
+                return
+        time.sleep(0.01)  # let the kernel finish the kills (and any exec) before rescanning
+
+
+def pid_file_draft(path: str, launcher: int) -> str:
+    """Where the PID file is written before it is linked into place (never seen half-written)."""
+    return f"{path}.{launcher}.tmp"
 
 
 def remove_pid_file(path: str, launcher: int) -> None:
-    """Remove the PID file only if it still names ``launcher`` (never someone else's)."""
+    """Remove the PID file only if it still names ``launcher`` (never someone else's).
+
+    A draft left by a launcher killed mid-write goes too: it is named by the launcher's PID.
+    """
+    _unlink_quietly(pid_file_draft(path, launcher))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -245,8 +352,12 @@ def remove_pid_file(path: str, launcher: int) -> None:
     finally:
         os.close(fd)
     if content == str(launcher).encode():
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        _unlink_quietly(path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise

@@ -111,7 +111,9 @@ def test_foreign_owned_pid_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_stale_pid_file_of_our_own_is_replaced(tmp_path: Path) -> None:
-    (tmp_path / "98.deepspeed").write_text("1")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process (a live one is refused: test_reliability)
+    (tmp_path / "98.deepspeed").write_text(str(gone.pid))
     script = tmp_path / "t.py"
     script.write_text(
         f"import os\nopen({str(tmp_path / 'seen')!r}, 'w').write("

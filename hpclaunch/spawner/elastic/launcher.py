@@ -29,7 +29,7 @@ import os
 import selectors
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from hpclaunch import reporter
 from hpclaunch.spawner import files, tree
@@ -246,8 +246,9 @@ class _ElasticSupervisor(TreeSupervisor):
         inbox: SignalInbox,
         agent: int,
         result_fd: int,
+        helpers: AbstractSet[int] = frozenset(),
     ) -> None:
-        super().__init__(inbox, options.kill_timeout, options.log)
+        super().__init__(inbox, options.kill_timeout, options.log, helpers)
         self.plan = plan
         self.setup = setup
         self.agent = agent
@@ -314,12 +315,12 @@ class _ElasticSupervisor(TreeSupervisor):
     def on_agent_exit(self) -> None:
         """The agent is gone, so are its workers; what they left behind (we adopted it) goes."""
         self.read_result()
-        left = tree.descendants(self.me)
+        left = self.descendants()
         if not left or self.phase == self.KILLING:
             return
         if self.phase == self.RUNNING:
             self.leftovers = len(left)
-            self.log(
+            reporter.get().warning(
                 f"the elastic agent is done but {len(left)} process(es) the workers started "
                 "are still running: stopping them"
             )
@@ -461,7 +462,9 @@ def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, st
                 f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
                 f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
             )
-            supervisor = _ElasticSupervisor(plan, setup, options, guard.inbox, agent, result_fd)
+            supervisor = _ElasticSupervisor(
+                plan, setup, options, guard.inbox, agent, result_fd, guard.helpers
+            )
             supervisor.handle_signals([])
             supervisor.loop()
             guard.clean = supervisor.finished()

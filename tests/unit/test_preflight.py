@@ -1,0 +1,35 @@
+"""How many descriptors a plan holds open, and when this node must check the master port."""
+
+from __future__ import annotations
+
+from hpclaunch.adapters import WorldOptions, select
+from hpclaunch.spawner import preflight
+from hpclaunch.spawner.plan import Command, LaunchPlan, build_plan
+
+
+def local_plan(workers: int, log_dir: str | None = None) -> LaunchPlan:
+    env = {"PATH": "/usr/bin:/bin"}
+    options = WorldOptions(nproc_per_node=workers)
+    world = select(env, options, "local").world(env, options)
+    command = Command(script="/bin/true", mode="exec", pass_local_rank=False)
+    return build_plan("local", world, command, log_dir=log_dir, log_timestamp="20260101000000")
+
+
+def test_relayed_workers_hold_two_each_and_the_count_is_a_parameter() -> None:
+    plan = local_plan(6)
+    assert preflight.held_fds(plan, prefix_output=True, ranks_filter=None) == 12
+    assert preflight.held_fds(plan, True, None, per_relayed_worker=3) == 18  # a pty, say
+
+
+def test_filtered_workers_hold_one_raw_none_and_logs_one() -> None:
+    plan = local_plan(6)
+    # ranks 0 and 5 relayed (2 each); 1-4 hidden, but their pipe feeds the failure tail
+    assert preflight.held_fds(plan, True, frozenset({0, 5})) == 2 * 2 + 4 * 1
+    assert preflight.held_fds(plan, False, None) == 0
+    assert preflight.held_fds(local_plan(6, "/tmp/logs"), True, None) == 6
+
+
+def test_local_mode_checks_the_port_only_when_it_was_asked_for() -> None:
+    plan = local_plan(2)
+    assert not preflight.hosts_master(plan, explicit_port=False)
+    assert preflight.hosts_master(plan, explicit_port=True)
