@@ -225,6 +225,7 @@ def launch(
     prefix_output: Optional[bool] = None,
     ranks_filter: Optional[Iterable[int]] = None,
     explicit_port: bool = False,
+    raw_output: bool = False,
 ) -> Outcome:
     """Run the plan's workers to the end and return the :class:`Outcome` (never raises for a
     worker's failure: ``outcome.exit_code`` is the contract's exit status).
@@ -233,7 +234,9 @@ def launch(
     the plan's variables. ``kill_timeout`` is the SIGTERM -> SIGKILL wait at teardown;
     ``pid_file`` is written for the launch's duration; ``prefix_output`` (default: more than
     one worker in the world) prefixes console lines with ``[rank<R>]: ``; ``ranks_filter``
-    shows only these ranks' console output; ``explicit_port`` says the caller chose the master
+    shows only these ranks' console output; ``raw_output`` (``--no_prefix``) lets the shown
+    workers write to the console directly, unrelayed (then a failure summary has no output
+    tail to quote); ``explicit_port`` says the caller chose the master
     port, so a single-node (local) plan checks that it is free too. Signals to this process
     (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as
     in the CLI.
@@ -252,10 +255,11 @@ def launch(
         banner=banner(plan),
         prefix_output=plan.world.world_size > 1 if prefix_output is None else prefix_output,
         ranks_filter=frozenset(ranks_filter) if ranks_filter is not None else None,
+        raw_output=raw_output,
     )
     preflight.check(
         plan,
-        options.prefix_output and plan.elastic is None,  # elastic workers write directly
+        not raw_output and plan.elastic is None,  # elastic workers write directly
         options.ranks_filter,
         explicit_port=explicit_port,
     )

@@ -348,7 +348,8 @@ def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> 
         env=env,
         kill_timeout=args.kill_timeout,
         pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
-        prefix_output=not args.no_prefix and plan.world.world_size > 1,
+        prefix_output=plan.world.world_size > 1,
+        raw_output=args.no_prefix,
         ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
         explicit_port=args.master_port is not None,
     )

@@ -22,6 +22,8 @@ class RunOptions(NamedTuple):
     log: Callable[[str], None] = lambda message: None
     prefix_output: bool = True
     ranks_filter: Optional[FrozenSet[int]] = None
+    #: Workers write to the console directly: fastest, but no tail for a failure summary.
+    raw_output: bool = False
     #: Logged once everything that could fail on bad input has been prepared.
     banner: str = ""
 
@@ -45,6 +47,7 @@ def run(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> O
                     log=options.log,
                     prefix_output=options.prefix_output,
                     ranks_filter=options.ranks_filter,
+                    raw_output=options.raw_output,
                 ),
                 base_env,
                 logs,

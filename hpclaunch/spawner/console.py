@@ -307,6 +307,8 @@ class OutputOptions(NamedTuple):
     log_fds: Mapping[str, int] = {}
     prefix_output: bool = True
     ranks_filter: Optional[FrozenSet[int]] = None
+    #: ``--no_prefix``: shown workers write to the console directly (no relay, no tail).
+    raw_output: bool = False
 
 
 #: ``spawn_worker(spec, env, stdout_fd, stderr_fd) -> (pid, exec error)``
@@ -371,7 +373,7 @@ def spawn_with_output(
         log_fd = options.log_fds[spec.log_path]
         return spawn(spec, env, log_fd, log_fd)
     shown = options.ranks_filter is None or spec.rank in options.ranks_filter
-    if shown and not options.prefix_output:
+    if shown and options.raw_output:
         return spawn(spec, env, None, None)
     prefix = f"[rank{spec.rank}]: ".encode() if options.prefix_output else b""
     # (launcher's end, worker's end, worker fds it becomes, console target or None)

@@ -32,7 +32,7 @@ FDS_PER_RELAYED_WORKER = 2  # console.FDS_PER_WORKER: separate stdout and stderr
 
 def held_fds(
     plan: LaunchPlan,
-    prefix_output: bool,
+    relayed: bool,
     ranks_filter: Optional[AbstractSet[int]],
     per_relayed_worker: int = FDS_PER_RELAYED_WORKER,
 ) -> int:
@@ -48,7 +48,7 @@ def held_fds(
             total += 1
         elif ranks_filter is not None and spec.rank not in ranks_filter:
             total += 1
-        elif prefix_output:
+        elif relayed:
             total += per_relayed_worker
     return total
 
@@ -162,10 +162,10 @@ def _bind_error(addr: str, port: int) -> Optional[str]:
 
 def check(
     plan: LaunchPlan,
-    prefix_output: bool,
+    relayed: bool,
     ranks_filter: Optional[AbstractSet[int]],
     explicit_port: bool,
 ) -> None:
     """Every check that needs no process started, in the order a user would fix them."""
     check_master_port(plan, explicit_port)
-    ensure_fd_budget(len(plan.workers), held_fds(plan, prefix_output, ranks_filter))
+    ensure_fd_budget(len(plan.workers), held_fds(plan, relayed, ranks_filter))

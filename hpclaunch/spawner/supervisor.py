@@ -38,6 +38,8 @@ class SupervisorOptions(NamedTuple):
     prefix_output: bool = True
     #: Only these ranks' console output is shown (None: all).
     ranks_filter: Optional[FrozenSet[int]] = None
+    #: Console output straight to the console, not relayed (``--no_prefix``).
+    raw_output: bool = False
 
 
 def spawn_worker(
@@ -155,7 +157,7 @@ class Supervisor(TreeSupervisor):
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
         self.output = console.OutputOptions(
-            self.log_fds, options.prefix_output, options.ranks_filter
+            self.log_fds, options.prefix_output, options.ranks_filter, options.raw_output
         )
         self.layout = console.Layout()
         # One pipe for every child's exec status, read by the loop: a child that cannot exec

@@ -237,6 +237,35 @@ def test_a_script_refusing_local_rank_gets_the_no_local_rank_hint(tmp_path: Path
     assert "[rank1]: training on local rank 1" in fixed.stdout
 
 
+def test_a_single_worker_s_failure_quotes_its_output_and_the_hint(tmp_path: Path) -> None:
+    """One worker (the laptop case): no prefix, but still relayed, so the summary has its tail."""
+    script = tmp_path / "ddp.py"
+    script.write_text(TORCHRUN_STYLE)
+    result = subprocess.run(
+        launcher_cmd("--nproc_per_node", "1", str(script), "--epochs", "2"),
+        capture_output=True, text=True, timeout=HANG_GUARD,
+    )
+    assert result.returncode == 2
+    assert not any(line.startswith("[rank") for line in result.stderr.splitlines())
+    quoted = [line for line in result.stderr.splitlines() if line.startswith("    ")]
+    assert any("unrecognized arguments: --local_rank=0" in line for line in quoted), result.stderr
+    hint = [line for line in result.stderr.splitlines() if "hint:" in line]
+    assert len(hint) == 1 and "--no_local_rank" in hint[0], result.stderr
+
+
+def test_no_prefix_output_is_not_relayed_so_no_tail(tmp_path: Path) -> None:
+    """--no_prefix: the workers write to the console themselves; the summary says so."""
+    script = tmp_path / "ddp.py"
+    script.write_text(TORCHRUN_STYLE)
+    result = subprocess.run(
+        launcher_cmd("--no_prefix", "--nproc_per_node", "1", str(script)),
+        capture_output=True, text=True, timeout=HANG_GUARD,
+    )
+    assert result.returncode == 2
+    assert "its output went to this console (above)" in result.stderr
+    assert "unrecognized arguments: --local_rank=0" in result.stderr  # the worker's own line
+
+
 def test_an_ordinary_failure_gets_no_hint(tmp_path: Path) -> None:
     script = tmp_path / "fail.py"
     script.write_text("import sys\nsys.exit('error: unrecognized arguments: --epochs')\n")

@@ -17,7 +17,7 @@ def local_plan(workers: int, log_dir: str | None = None) -> LaunchPlan:
 
 def test_relayed_workers_hold_two_each_and_the_count_is_a_parameter() -> None:
     plan = local_plan(6)
-    assert preflight.held_fds(plan, prefix_output=True, ranks_filter=None) == 12
+    assert preflight.held_fds(plan, relayed=True, ranks_filter=None) == 12
     assert preflight.held_fds(plan, True, None, per_relayed_worker=3) == 18  # a pty, say
 
 
