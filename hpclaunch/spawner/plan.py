@@ -135,10 +135,13 @@ def plan_json_chunks(shown: Mapping[str, Any]) -> Iterator[str]:
 
 
 def write_plan(shown: Mapping[str, Any], stream: TextIO) -> None:
-    """The ``--dry-run`` output: the plan as one line of JSON."""
-    for chunk in plan_json_chunks(shown):
-        stream.write(chunk)
-    stream.write("\n")
+    """The ``--dry-run`` output: the plan as one line of JSON, in one write.
+
+    One write, not one per chunk: under ``mpirun``/``mpiexec`` every node's launcher prints
+    its plan into the same output stream, and an unbuffered stdout (``python -u``,
+    ``PYTHONUNBUFFERED``) would interleave the nodes' chunks into invalid JSON.
+    """
+    stream.write("".join(plan_json_chunks(shown)) + "\n")
     stream.flush()
 
 

@@ -172,6 +172,25 @@ def test_dry_run_text_is_json_dumps_of_the_plan() -> None:
     assert "".join(plan_json_chunks(shown)) == json.dumps(shown)
 
 
+def test_dry_run_is_one_write() -> None:
+    """Under mpirun every node prints its plan into one stream: one write each, or the
+    nodes' pieces interleave into invalid JSON (seen with MPICH and an unbuffered stdout)."""
+
+    class Writes(io.StringIO):
+        count = 0
+
+        def write(self, text: str) -> int:
+            self.count += 1
+            return super().write(text)
+
+    hosts = tuple(Host(f"node{i}", (0, 1)) for i in range(3))
+    shown = build_plan("explicit", make_world(hosts, 1), Command("/bin/true", mode="exec"))
+    stream = Writes()
+    write_plan(shown.to_json(), stream)
+    assert stream.count == 1
+    assert json.loads(stream.getvalue())["node_rank"] == 1
+
+
 @given(host_tuples, st.data())
 def test_cached_sizes_are_the_sums(hosts: tuple[Host, ...], data: st.DataObject) -> None:
     node = data.draw(st.integers(0, len(hosts) - 1))
