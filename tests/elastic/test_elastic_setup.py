@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.elastic import (
+from hpclaunch.spawner.elastic.config import (
     WORKER_SHIM,
     ElasticOptions,
     describe,

@@ -6,35 +6,9 @@
 * :mod:`~hpclaunch.spawner.elastic.launcher` -- :func:`run_elastic`, the launcher's loop and
   the forked agent (imported only to run);
 * :mod:`~hpclaunch.spawner.elastic.worker` -- the first program each worker runs (standard
-  library only; run by path, never imported).
+  library only; run by path), whose :func:`become_worker` static workers share.
 
-Importing this package imports the pure half only.
+Importing this package imports nothing: the static supervisor imports ``worker`` on every
+launch, and the pure half's ``dataclasses`` (which imports ``inspect``) would cost every
+launch ~15 ms of start-up.
 """
-
-from __future__ import annotations
-
-from hpclaunch.spawner.elastic.config import (
-    DEFAULT_MAX_RESTARTS,
-    WORKER_SHIM,
-    ElasticOptions,
-    ElasticSetup,
-    describe,
-    elastic_setup,
-    node_bounds,
-    parse_rendezvous_conf,
-    require_torch,
-    worker_argv_template,
-)
-
-__all__ = [
-    "DEFAULT_MAX_RESTARTS",
-    "ElasticOptions",
-    "ElasticSetup",
-    "WORKER_SHIM",
-    "describe",
-    "elastic_setup",
-    "node_bounds",
-    "parse_rendezvous_conf",
-    "require_torch",
-    "worker_argv_template",
-]

@@ -1,0 +1,32 @@
+"""The plain launch path imports per need: a static launch of an executable loads none of the
+modules only elastic mode, the MPI adapter, plug-ins or the dry-run's big-world writer need."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+#: Each costs milliseconds of every launch's start-up (inspect alone ~10 ms here).
+HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metadata",
+         "hpclaunch.spawner.elastic.config", "hpclaunch.spawner.elastic.launcher", "shutil")
+
+PROGRAM = """
+import json, sys
+from hpclaunch import cli
+status = cli.main(["-q", "--nproc_per_node", "2", "--no_python", "/bin/true"])
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_a_static_launch_imports_nothing_heavy() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["status"] == 0
+    assert "hpclaunch.spawner.supervisor" in report["modules"]  # it did launch
+    assert [name for name in HEAVY if name in report["modules"]] == []
