@@ -6,8 +6,10 @@ take their results as plain values.
 
 from __future__ import annotations
 
+# The C module, not ``socket``: socket.py's enum conversions (and its selectors import) cost
+# ~8 ms of every launch's start-up, for one hostname and at most two binds.
+import _socket
 import os
-import socket
 from typing import Mapping, Optional, Tuple
 
 from hpclaunch.world import is_decimal
@@ -60,20 +62,25 @@ def visible_gpus(env: Mapping[str, str]) -> Tuple[Tuple[int, ...], bool]:
 
 
 def hostname() -> str:
-    return socket.gethostname()
+    return str(_socket.gethostname())
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
 
 
 def free_port(host: str = "") -> int:
     """A port the kernel says is free now (bind to 0). Racy by nature, like torchrun's."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+    finally:
+        sock.close()

@@ -43,9 +43,7 @@ its own (singleton) MPI.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
-import socket
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -66,6 +64,8 @@ Record = Dict[str, Any]
 
 def is_reachable_address(address: str) -> bool:
     """Not loopback, link-local or unspecified: an address another node could connect to."""
+    import ipaddress
+
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -155,6 +155,8 @@ def local_problem(options: WorldOptions, mpi_rank: int) -> Optional[str]:
 
 
 def resolved_addresses(hostname: str) -> List[str]:
+    import socket  # here, not at the top: auto-detection imports this module on every start
+
     try:
         infos = socket.getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
     except OSError:
@@ -164,6 +166,8 @@ def resolved_addresses(hostname: str) -> List[str]:
 
 def interface_addresses() -> List[str]:
     """Addresses of the interfaces that are up, in the kernel's interface order."""
+    import socket
+
     import psutil  # a dependency of hpclaunch anyway; imported here to keep detect() cheap
 
     stats = psutil.net_if_stats()

@@ -119,7 +119,7 @@ def _may_be_this_host(addr: str, host: str) -> bool:
     """
     import socket
 
-    if addr in ("localhost", host, socket.gethostname()):
+    if addr in ("localhost", host, os.uname().nodename):
         return True
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
