@@ -849,6 +849,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ) / "hpclaunch-bench" / "pycache"
         pycache.mkdir(parents=True, exist_ok=True)
     env = base_env(pycache)
+    # Every launcher's temp files (torchrun leaves a torchelastic_* dir per run) go to a
+    # directory of this run's, removed at the end: a benchmark leaves the machine as it was.
+    scratch = Path(tempfile.mkdtemp(prefix="hpclaunch-bench-tmp-"))
+    env["TMPDIR"] = str(scratch)
     cases, skipped, rows = build(cfg, found, env)
     started = time.time()
     warm_up(found, env, log)
@@ -859,6 +863,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if _WORLD_FILE is not None:
             shutil.rmtree(_WORLD_FILE.parent, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     took = time.time() - started
     load_after = os.getloadavg()
 
