@@ -263,29 +263,18 @@ def world_info_json(pairs: Sequence[Tuple[str, Sequence[int]]], compact: bool = 
     encoded once and the names by json's own C escaper: a million-rank world is written in a
     few C-level passes instead of json's one call per slot id, which took 0.3 s per copy.
     """
-    return "".join(object_json_chunks(map(_NAME, pairs), list(map(_SLOTS, pairs)), compact))
+    return object_json(map(_NAME, pairs), list(map(_SLOTS, pairs)), compact)
 
 
-def object_json_chunks(
-    names: Iterable[str], slot_column: List[Sequence[int]], compact: bool
-) -> Iterator[str]:
-    """:func:`world_info_json` over two columns (a dict's keys and values, or hosts'), in
-    chunks of at most 16,384 hosts: a writer never holds the whole text (5 MiB a million
-    ranks) and its encoded copy at once."""
+def object_json(names: Iterable[str], slot_column: List[Sequence[int]], compact: bool) -> str:
+    """:func:`world_info_json` over two columns (a dict's keys and values, or hosts')."""
     item_sep, key_sep = (",", ":") if compact else (", ", ": ")
     encoded: Dict[int, str] = {}
     for slots in {id(slots): slots for slots in slot_column}.values():
         encoded[id(slots)] = json.dumps(list(slots), separators=(item_sep, key_sep))
     quoted = map(json.encoder.encode_basestring_ascii, names)
     texts = map(encoded.__getitem__, map(id, slot_column))
-    items = map(("{}" + key_sep + "{}").format, quoted, texts)
-    yield "{"
-    for start in range(0, len(slot_column), _CHUNK_HOSTS):
-        yield (item_sep if start else "") + item_sep.join(itertools.islice(items, _CHUNK_HOSTS))
-    yield "}"
-
-
-_CHUNK_HOSTS = 16384
+    return "{" + item_sep.join(map(("{}" + key_sep + "{}").format, quoted, texts)) + "}"
 
 
 def _reject_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:

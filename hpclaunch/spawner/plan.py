@@ -13,7 +13,6 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Dict,
-    Iterator,
     List,
     Mapping,
     NamedTuple,
@@ -24,7 +23,7 @@ from typing import (
 )
 
 from hpclaunch.errors import UsageError
-from hpclaunch.world import World, is_decimal, object_json_chunks
+from hpclaunch.world import World, is_decimal, object_json
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.elastic.config import ElasticSetup
@@ -120,28 +119,27 @@ class LaunchPlan(NamedTuple):
         return shown
 
 
-def plan_json_chunks(shown: Mapping[str, Any]) -> Iterator[str]:
-    """``json.dumps(shown)`` in pieces, the same text, with a ``world_info`` mapping written
-    by :func:`~hpclaunch.world.object_json_chunks`: for a million-rank world 0.3 s less
-    than json, and no extra copy of its 5 MiB when written piece by piece."""
-    yield "{"
-    for index, (key, value) in enumerate(shown.items()):
-        yield (", " if index else "") + json.dumps(key) + ": "
+def plan_json(shown: Mapping[str, Any]) -> str:
+    """``json.dumps(shown)``, the same text, with a ``world_info`` mapping written by
+    :func:`~hpclaunch.world.object_json`: for a million-rank world 0.3 s less than json."""
+    parts = []
+    for key, value in shown.items():
         if key == "world_info" and isinstance(value, dict):
-            yield from object_json_chunks(value.keys(), list(value.values()), compact=False)
+            text = object_json(value.keys(), list(value.values()), compact=False)
         else:
-            yield json.dumps(value)
-    yield "}"
+            text = json.dumps(value)
+        parts.append(f"{json.dumps(key)}: {text}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def write_plan(shown: Mapping[str, Any], stream: TextIO) -> None:
     """The ``--dry-run`` output: the plan as one line of JSON, in one write.
 
-    One write, not one per chunk: under ``mpirun``/``mpiexec`` every node's launcher prints
+    One write, not one per piece: under ``mpirun``/``mpiexec`` every node's launcher prints
     its plan into the same output stream, and an unbuffered stdout (``python -u``,
-    ``PYTHONUNBUFFERED``) would interleave the nodes' chunks into invalid JSON.
+    ``PYTHONUNBUFFERED``) would interleave the nodes' pieces into invalid JSON.
     """
-    stream.write("".join(plan_json_chunks(shown)) + "\n")
+    stream.write(plan_json(shown) + "\n")
     stream.flush()
 
 

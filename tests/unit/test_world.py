@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import WorldInfoError
-from hpclaunch.spawner.plan import Command, build_plan, plan_json_chunks, write_plan
+from hpclaunch.spawner.plan import Command, build_plan, plan_json, write_plan
 from hpclaunch.world import (
     Host,
     World,
@@ -169,7 +169,7 @@ def test_dry_run_text_is_json_dumps_of_the_plan() -> None:
     stream = io.StringIO()
     write_plan(shown, stream)
     assert stream.getvalue() == json.dumps(shown) + "\n"
-    assert "".join(plan_json_chunks(shown)) == json.dumps(shown)
+    assert plan_json(shown) == json.dumps(shown)
 
 
 def test_dry_run_is_one_write() -> None:
