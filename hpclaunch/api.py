@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from hpclaunch import adapters, reporter
 from hpclaunch.adapters.base import Adapter, BaseAdapter, WorldOptions
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 #: the workers' environment and :func:`finish` lets them end what they hold (MPI).
 _used: Dict[str, Adapter] = {}
 #: Which adapter built each World :func:`detect_world` returned (a World is a value, so the
-#: plan can name its source without the World carrying it); the last few are kept.
-_sources: Dict[World, str] = {}
+#: plan can name its source without the World carrying it); the last few are kept, by
+#: identity: hashing a World hashes every host (~12 ms for 131,072 of them).
+_sources: Dict[int, Tuple[World, str]] = {}
 _SOURCES_KEPT = 16
 
 
@@ -73,7 +74,7 @@ def detect_world(
     world = chosen.world(source, options)
     for note in chosen.notes():
         reporter.get().info(note)
-    _sources[world] = chosen.name
+    _sources[id(world)] = (world, chosen.name)  # the World is kept: its id stays its own
     while len(_sources) > _SOURCES_KEPT:
         del _sources[next(iter(_sources))]
     return world
@@ -176,7 +177,7 @@ def plan(
     if bind_cores is not None:
         _check_cores(bind_cores)
     the_plan = build_plan(
-        adapter or _sources.get(world, "api"),
+        adapter or _source_of(world),
         world,
         command,
         log_dir=os.path.abspath(log_dir) if log_dir else None,
@@ -192,6 +193,12 @@ def plan(
     return the_plan._replace(
         elastic=elastic_setup(the_plan, replace(elastic, command=command))
     )
+
+
+def _source_of(world: World) -> str:
+    """The adapter that :func:`detect_world` used for this very World, else ``"api"``."""
+    known = _sources.get(id(world))
+    return known[1] if known is not None and known[0] is world else "api"
 
 
 def banner(plan: LaunchPlan) -> str:
