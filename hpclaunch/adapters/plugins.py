@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from hpclaunch.adapters.base import PROTOCOL_METHODS, Adapter, WorldOptions
 from hpclaunch.errors import AdapterError, UsageError
@@ -142,6 +142,16 @@ class GuardedPlugin:
         self.entry = entry
         self.name = entry.name
 
+    def _call(self, method: str, *args: Any, then: Callable[[Any], Any] = lambda r: r) -> Any:
+        """``then(adapter.<method>(*args))``; an unexpected exception in either (a result of
+        the wrong shape included) becomes one line naming the plug-in."""
+        try:
+            return then(getattr(self.adapter, method)(*args))
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise self._fail(method, exc) from None
+
     def _fail(self, method: str, exc: Exception) -> PluginError:
         return PluginError(
             f"{self.entry.describe()} failed in {method}() ({type(exc).__name__}: {exc}): "
@@ -149,38 +159,19 @@ class GuardedPlugin:
         )
 
     def detect(self, env: Mapping[str, str]) -> bool:
-        try:
-            return bool(self.adapter.detect(env))
-        except UsageError:
-            raise
-        except Exception as exc:
-            raise self._fail("detect", exc) from None
+        return bool(self._call("detect", env))
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
-        try:
-            world = self.adapter.world(env, options)
-        except UsageError:
-            raise
-        except Exception as exc:
-            raise self._fail("world", exc) from None
+        world = self._call("world", env, options)
         if not isinstance(world, World):
             raise self._fail("world", TypeError(f"returned {type(world).__name__}, not a World"))
         return world
 
     def notes(self) -> Tuple[str, ...]:
-        try:
-            return tuple(str(note) for note in self.adapter.notes())
-        except Exception as exc:
-            raise self._fail("notes", exc) from None
+        return tuple(self._call("notes", then=lambda notes: tuple(map(str, notes))))
 
     def worker_environment(self, env: Mapping[str, str]) -> Dict[str, str]:
-        try:
-            return dict(self.adapter.worker_environment(env))
-        except Exception as exc:
-            raise self._fail("worker_environment", exc) from None
+        return dict(self._call("worker_environment", env, then=dict))
 
     def finish(self, exit_code: int) -> None:
-        try:
-            self.adapter.finish(exit_code)
-        except Exception as exc:
-            raise self._fail("finish", exc) from None
+        self._call("finish", exit_code)
