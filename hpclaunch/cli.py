@@ -220,8 +220,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
     if args.log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
-    if args.ranks_filter is not None:
-        parse_ranks_filter(args.ranks_filter)
+    #: The parsed --ranks_filter, once (None: show every rank).
+    args.ranks = parse_ranks_filter(args.ranks_filter) if args.ranks_filter is not None else None
     if args.numa_binding != "none":
         from hpclaunch import topology
 
@@ -312,9 +312,9 @@ def _plan(args: argparse.Namespace, command: Command, env: Dict[str, str]) -> La
 
 def _check_ranks_filter(args: argparse.Namespace, world_size: int) -> None:
     """A filter naming a rank the world does not have is a typo, not a wish for silence."""
-    if args.ranks_filter is None:
+    if args.ranks is None:
         return
-    highest = max(parse_ranks_filter(args.ranks_filter))
+    highest = max(args.ranks)
     if highest >= world_size:
         raise UsageError(
             f"--ranks_filter {args.ranks_filter}: rank {highest} is not in this "
@@ -350,7 +350,7 @@ def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> 
         pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
         prefix_output=plan.world.world_size > 1,
         raw_output=args.no_prefix,
-        ranks_filter=parse_ranks_filter(args.ranks_filter) if args.ranks_filter else None,
+        ranks_filter=args.ranks,
         explicit_port=args.master_port is not None,
     )
 
