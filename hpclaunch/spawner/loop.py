@@ -32,7 +32,8 @@ KILL_WAIT_SECONDS = 10.0
 
 
 def note_sent(sig: int, what: str, pids: Sequence[int]) -> None:
-    """Every signal the launcher sends is a debug line (built only when debug is on)."""
+    """Every signal the launcher sends is a debug line (built only when debug is on): one
+    line per batch, said by whoever sends it (``tree.send`` itself stays silent)."""
     if pids and reporter.get().enabled(reporter.DEBUG):
         shown = " ".join(str(pid) for pid in pids)
         reporter.get().debug(f"sent {signal.Signals(sig).name} to {len(pids)} {what}: {shown}")

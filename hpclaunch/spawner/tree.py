@@ -23,8 +23,6 @@ import signal
 import time
 from typing import AbstractSet, Dict, Iterable, List, Optional, Set
 
-from hpclaunch import reporter
-
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -167,9 +165,6 @@ def marked_processes(token: str) -> List[int]:
 
 
 def send(pid: int, sig: int) -> bool:
-    log = reporter.get()
-    if log.enabled(reporter.DEBUG):  # --log_level debug shows every signal sent
-        log.debug(f"sending {signal.Signals(sig).name} to pid {pid}")
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -180,9 +175,6 @@ def send(pid: int, sig: int) -> bool:
 
 
 def send_group(pgid: int, sig: int) -> None:
-    log = reporter.get()
-    if log.enabled(reporter.DEBUG):
-        log.debug(f"sending {signal.Signals(sig).name} to process group {pgid}")
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

@@ -50,7 +50,7 @@ from hpclaunch.spawner.inbox import (
     fork_with_signals_blocked,
     reset_in_child,
 )
-from hpclaunch.spawner.loop import TreeSupervisor
+from hpclaunch.spawner.loop import TreeSupervisor, note_sent
 from hpclaunch.spawner.plan import LaunchPlan
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 from hpclaunch.spawner.supervisor import MAX_FD
@@ -264,6 +264,7 @@ class _ElasticSupervisor(TreeSupervisor):
         workers = self.workers()
         for pid in workers:
             tree.send(pid, sig)
+        note_sent(sig, "worker(s)", workers)
         self.log(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
 
     def on_fatal(self, sig: int) -> None:
@@ -327,6 +328,7 @@ class _ElasticSupervisor(TreeSupervisor):
             self.start_clock()
         for pid in left:
             tree.send(pid, signal.SIGTERM)
+        note_sent(signal.SIGTERM, "process(es) the agent's workers left", left)
 
     def begin_terminate(self) -> None:
         """SIGTERM to the agent, which stops its workers (TERM, --kill_timeout, KILL).
@@ -337,6 +339,7 @@ class _ElasticSupervisor(TreeSupervisor):
         if self.agent_status is None:
             self.start_clock(extra=AGENT_GRACE_SECONDS)
             tree.send(self.agent, signal.SIGTERM)
+            note_sent(signal.SIGTERM, "elastic agent", [self.agent])
         else:
             self.start_clock()
             self.terminate_descendants()
