@@ -45,41 +45,25 @@ class SupervisorOptions(NamedTuple):
 def spawn_worker(
     spec: RankSpec,
     env: Mapping[str, str],
-    stdout_fd: Optional[int] = None,
-    stderr_fd: Optional[int] = None,
-    status_fd: int = -1,
+    stdout_fd: Optional[int],
+    stderr_fd: Optional[int],
+    status_fd: int,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
-    With ``status_fd`` (the write end of the supervisor's exec-status pipe) this returns at
-    once with ``(pid, "")``: a child that cannot exec writes ``"<pid> <why>"`` there and
-    exits 127, and the event loop collects it, so all workers are forked before any exec
-    status is waited for. Without it, it waits for this child's exec and returns
-    ``(pid, why)`` ("" when exec succeeded). Handled signals are blocked across the fork so a
-    signal can never run the launcher's handler in the child; the child restores default
-    dispositions before unblocking.
+    Returns at once with ``(pid, "")``: a child that cannot exec writes ``"<pid> <why>"`` to
+    ``status_fd`` (the write end of the supervisor's exec-status pipe) and exits 127, and
+    the event loop collects it, so all workers are forked before any exec status is waited
+    for. Handled signals are blocked across the fork so a signal can never run the
+    launcher's handler in the child; the child restores default dispositions before
+    unblocking.
     """
     parent = os.getpid()
-    wait_read = -1
-    if status_fd < 0:
-        wait_read, status_fd = os.pipe()  # close-on-exec: EOF means exec succeeded
-    pid, old_mask = fork_with_signals_blocked(
-        (wait_read, status_fd) if wait_read >= 0 else ()
-    )
+    pid, old_mask = fork_with_signals_blocked(())
     if pid == 0:
         _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd)
     set_mask(old_mask)
-    if wait_read < 0:
-        return pid, ""
-    os.close(status_fd)
-    chunks = []
-    while True:
-        chunk = os.read(wait_read, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(wait_read)
-    return pid, b"".join(chunks).decode(errors="replace").partition(" ")[2].rstrip("\n")
+    return pid, ""
 
 
 def _child(
