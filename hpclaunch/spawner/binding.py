@@ -20,7 +20,7 @@ by path.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 #: set_mempolicy(2) by machine: x86_64 and the generic table (aarch64, riscv64, loongarch64)
 SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "arm64": 237, "riscv64": 237,
@@ -55,7 +55,8 @@ def memory_binding_unavailable() -> str:
 
 
 def load_libc() -> None:
-    """Load libc for :func:`bind_self`; call before forking (only when memory is bound)."""
+    """Load libc for :func:`prefer_memory_node`; call before forking (only when memory is
+    bound: :func:`memory_binding_unavailable`, asked in the launcher, does)."""
     global _libc
     if _libc is None:
         import ctypes
@@ -82,10 +83,3 @@ def prefer_memory_node(node: int) -> None:
         err = ctypes.get_errno()
         raise OSError(err, f"set_mempolicy(MPOL_PREFERRED, node {node}): {os.strerror(err)}")
 
-
-def bind_self(cpus: Optional[Sequence[int]], mem_node: Optional[int]) -> None:
-    """In the forked worker: pin to ``cpus`` and prefer memory on ``mem_node`` (None: leave)."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    if mem_node is not None:
-        prefer_memory_node(mem_node)

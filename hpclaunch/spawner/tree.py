@@ -51,13 +51,10 @@ def become_subreaper() -> bool:
     return True
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """In a forked child: die with ``sig`` when the forking thread's process dies."""
-    _prctl(PR_SET_PDEATHSIG, int(sig))
-
-
 def arm_death_signal() -> None:
-    """In a forked worker: die by SIGKILL with the launcher."""
+    """In a forked child (a worker, the elastic agent): die by SIGKILL when the forking
+    thread's process dies. A plain 9, not ``signal.SIGKILL``: no enum work between fork and
+    exec."""
     _prctl(PR_SET_PDEATHSIG, 9)
 
 

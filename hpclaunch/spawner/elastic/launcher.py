@@ -196,7 +196,7 @@ def _fork_agent(
                 signal.signal(sig, _ignore_signal)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.setsid()
-            tree.set_parent_death_signal(signal.SIGKILL)
+            tree.arm_death_signal()
             if os.getppid() != parent:
                 os._exit(1)
             os.close(inbox.read_fd)
