@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hpclaunch.hostlist import expand_hostlist  # noqa: E402
+from hpclaunch.model.hostlist import expand_hostlist  # noqa: E402
 
 
 def main() -> None:

@@ -23,29 +23,33 @@ _PUBLIC = {
     "launch": "hpclaunch.api",
     "finish": "hpclaunch.api",
     "resolve_command": "hpclaunch.api",
-    "World": "hpclaunch.world",
-    "Host": "hpclaunch.world",
-    "WorldOptions": "hpclaunch.adapters.base",
+    "World": "hpclaunch.model.world",
+    "Host": "hpclaunch.model.world",
+    "WorldOptions": "hpclaunch.options",
+    "OutputOptions": "hpclaunch.options",
+    "LaunchOptions": "hpclaunch.options",
+    "ElasticOptions": "hpclaunch.options",
     "Adapter": "hpclaunch.adapters.base",
     "BaseAdapter": "hpclaunch.adapters.base",
-    "Command": "hpclaunch.spawner.plan",
-    "LaunchPlan": "hpclaunch.spawner.plan",
-    "RankSpec": "hpclaunch.spawner.plan",
+    "Command": "hpclaunch.model.plan",
+    "LaunchPlan": "hpclaunch.model.plan",
+    "RankSpec": "hpclaunch.model.plan",
     "Outcome": "hpclaunch.spawner.report",
     "WorkerFailure": "hpclaunch.spawner.report",
-    "ElasticOptions": "hpclaunch.spawner.elastic.config",
+    "Reporter": "hpclaunch.reporter",
     "UsageError": "hpclaunch.errors",
     "AdapterError": "hpclaunch.errors",
 }
 
 if TYPE_CHECKING:
-    from hpclaunch.adapters.base import Adapter, BaseAdapter, WorldOptions
+    from hpclaunch.adapters.base import Adapter, BaseAdapter
     from hpclaunch.api import detect_world, finish, launch, plan, resolve_command
     from hpclaunch.errors import AdapterError, UsageError
-    from hpclaunch.spawner.elastic.config import ElasticOptions
-    from hpclaunch.spawner.plan import Command, LaunchPlan, RankSpec
+    from hpclaunch.model.plan import Command, LaunchPlan, RankSpec
+    from hpclaunch.model.world import Host, World
+    from hpclaunch.options import ElasticOptions, LaunchOptions, OutputOptions, WorldOptions
+    from hpclaunch.reporter import Reporter
     from hpclaunch.spawner.report import Outcome, WorkerFailure
-    from hpclaunch.world import Host, World
 
 
 def __getattr__(name: str) -> Any:
@@ -67,9 +71,12 @@ __all__ = [
     "Command",
     "ElasticOptions",
     "Host",
+    "LaunchOptions",
     "LaunchPlan",
     "Outcome",
+    "OutputOptions",
     "RankSpec",
+    "Reporter",
     "UsageError",
     "WorkerFailure",
     "World",

@@ -2,93 +2,67 @@
 
     world = hpclaunch.detect_world()                  # which world, from which scheduler
     plan = hpclaunch.plan(world, ["train.py", "--epochs", "3"])
-    print(plan.to_json())                             # exactly what --dry-run prints
+    print(plan.to_json_text())                        # exactly what --dry-run prints
     outcome = hpclaunch.launch(plan)                  # run this node's workers
-    hpclaunch.finish(outcome.exit_code)               # last: MPI ends its job by the status
+    hpclaunch.finish(outcome.exit_code, world)        # last: MPI ends its job by the status
 
 ``hpclaunch.cli`` is parsing plus these calls, so a program gets the same choices, checks,
-worlds, plans and exit statuses as the command line. Bad input raises
+worlds, plans and exit statuses as the command line. Each call takes its settings as one
+options object from :mod:`hpclaunch.options` or as keywords named like that object's fields
+(the CLI's flags), and every refusal is made here, not in the CLI: bad input raises
 :class:`~hpclaunch.errors.UsageError` (one line: what is wrong, how to fix it) before
-anything is spawned. Every launcher message goes through :mod:`hpclaunch.reporter` (info
-level to stderr unless a program installs another reporter).
+anything is spawned. Launcher messages go to the ``reporter`` given (default: info level
+to stderr).
 
 Detecting a world on a Slurm or explicit environment imports no torch, mpi4py, ctypes or
-spawner module (a test holds it); planning and launching import the spawner.
+spawner module (a test holds it); planning and launching import what they use.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
-from hpclaunch import adapters, reporter
-from hpclaunch.adapters.base import Adapter, BaseAdapter, WorldOptions
+from hpclaunch import adapters
 from hpclaunch.errors import UsageError
-from hpclaunch.world import World
+from hpclaunch.fast import which
+from hpclaunch.model.world import World
+from hpclaunch.options import ElasticOptions, LaunchOptions, OutputOptions, WorldOptions
+from hpclaunch.reporter import DEBUG, Reporter
 
 if TYPE_CHECKING:
-    from hpclaunch.spawner.elastic.config import ElasticOptions
-    from hpclaunch.spawner.plan import Command, LaunchPlan
+    from hpclaunch.model.plan import Command, LaunchPlan
     from hpclaunch.spawner.report import Outcome
-
-#: The adapters whose ``world`` ran in this process, by name: :func:`launch` asks them for
-#: the workers' environment and :func:`finish` lets them end what they hold (MPI).
-_used: Dict[str, Adapter] = {}
-#: Which adapter built each World :func:`detect_world` returned (a World is a value, so the
-#: plan can name its source without the World carrying it); the last few are kept, by
-#: identity: hashing a World hashes every host (~12 ms for 131,072 of them).
-_sources: Dict[int, Tuple[World, str]] = {}
-_SOURCES_KEPT = 16
 
 
 def detect_world(
     env: Optional[Mapping[str, str]] = None,
+    options: Optional[WorldOptions] = None,
     *,
-    adapter: str = "auto",
-    nproc_per_node: Optional[int] = None,
-    node_rank: Optional[int] = None,
-    master_addr: Optional[str] = None,
-    master_port: Optional[int] = None,
-    world_info: Optional[str] = None,
+    reporter: Optional[Reporter] = None,
+    **fields: Any,
 ) -> World:
     """The World the command line would launch into, from ``env`` (default ``os.environ``).
 
-    ``adapter`` is ``"auto"`` (explicit if ``world_info`` is given, else Slurm, MPI, an
-    installed plug-in, local -- see :mod:`hpclaunch.adapters`) or a name from
-    :func:`hpclaunch.adapters.adapter_names`. The keywords are the CLI's flags of the same
-    names; ``None`` lets the adapter decide. Under MPI this is a collective call: every
+    ``options`` (or keywords named like its fields: ``adapter``, ``nproc_per_node``,
+    ``node_rank``, ``master_addr``, ``master_port``, ``world_info``) are the CLI's flags of
+    the same names; ``None`` lets the adapter decide. ``adapter`` is ``"auto"`` (explicit if
+    ``world_info`` is given, else Slurm, MPI, an installed plug-in, local -- see
+    :mod:`hpclaunch.adapters`) or a name from :func:`hpclaunch.adapters.adapter_names`. The
+    World names its adapter (``world.source``). Under MPI this is a collective call: every
     launcher of the job must make it (one ``allgather``).
     """
-    options = WorldOptions(
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-        world_info=world_info,
-        nproc_per_node=nproc_per_node,
-    )
+    options = _with_fields(options or WorldOptions(), fields)
     options.check()
     source = os.environ if env is None else env
-    chosen = adapters.select(source, options, adapter)
-    _used[chosen.name] = chosen  # before world(): MPI must be ended even if world() fails
+    chosen = adapters.select(source, options)
     world = chosen.world(source, options)
+    voice = reporter or Reporter()
     for note in chosen.notes():
-        reporter.get().info(note)
-    _sources[id(world)] = (world, chosen.name)  # the World is kept: its id stays its own
-    while len(_sources) > _SOURCES_KEPT:
-        del _sources[next(iter(_sources))]
-    return world
-
-
-def _which(name: str) -> Optional[str]:
-    """``shutil.which`` for a bare command name: importing shutil pulls in bz2 and lzma,
-    milliseconds of every start for one PATH search."""
-    search = os.environ.get("PATH", os.defpath)
-    for directory in search.split(os.pathsep) if search else ():
-        path = os.path.join(directory, name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
+        voice.info(note)
+    return world.from_source(chosen.name)
 
 
 def resolve_command(
@@ -103,14 +77,12 @@ def resolve_command(
 
     ``local_rank=False`` is ``--no_local_rank``. The current interpreter runs Python workers.
     """
-    import sys
-
-    from hpclaunch.spawner.plan import Command
+    from hpclaunch.model.plan import Command
 
     if module and no_python:
         raise UsageError("--module and --no_python exclude each other: pick one")
     if no_python:
-        path = script if os.sep in script else _which(script)
+        path = script if os.sep in script else which(script)
         if path is None and os.path.isfile(script):
             raise UsageError(
                 f"--no_python target {script!r} is not on PATH: name the file as ./{script}"
@@ -137,157 +109,182 @@ def resolve_command(
                    python=sys.executable, pass_local_rank=local_rank)
 
 
-def _check_cores(cores: Sequence[int]) -> None:
-    allowed = os.sched_getaffinity(0)
-    outside = [c for c in cores if c not in allowed]
-    if outside:
-        raise UsageError(
-            f"--bind_core_list names cores {outside} this launcher may not use "
-            f"(allowed: {sorted(allowed)})"
-        )
-
-
 def plan(
     world: World,
     command: Union[Command, Sequence[str]],
     *,
-    adapter: Optional[str] = None,
-    log_dir: Optional[str] = None,
-    log_timestamp: Optional[str] = None,
-    bind_cores: Optional[Sequence[int]] = None,
+    output: Optional[OutputOptions] = None,
+    launch: Optional[LaunchOptions] = None,
     elastic: Optional[ElasticOptions] = None,
+    adapter: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+    reporter: Optional[Reporter] = None,
+    **fields: Any,
 ) -> LaunchPlan:
-    """This node's workers: each one's argv, environment, log file and cores. Pure but for
-    the checks; spawns nothing.
+    """This node's workers: each one's argv, environment, log file and cores. Spawns nothing.
 
-    ``command`` is a :func:`resolve_command` or ``[script, *args]`` (a Python script). ``adapter``
-    names the world's source in the plan (default: the adapter :func:`detect_world` used).
-    ``log_dir`` turns on per-rank logs (``--enable_each_rank_log``), named with
-    ``log_timestamp`` (default: now, ``%Y%m%d%H%M%S``). ``bind_cores`` shares these cores out
-    among the workers (``--bind_cores_to_rank``). ``elastic`` runs the workers under torch's
-    elastic agent. ``plan(...).to_json()`` is what ``--dry-run`` prints.
+    ``command`` is a :func:`resolve_command` or ``[script, *args]`` (a Python script). The
+    options (or keywords named like their fields) are checked here: ``output``
+    (``log_dir`` turns on per-rank logs, named with ``log_timestamp``, default now;
+    ``prefix_output``, ``raw_output``, ``ranks_filter``), ``launch`` (``kill_timeout``,
+    ``pid_file``, ``bind_cores`` shared out among the workers, ``numa_binding`` read from
+    this machine's topology, with ``env`` as the workers' environment), ``elastic`` (run
+    the workers under torch's elastic agent). ``adapter`` names the world's source in the
+    plan (default ``world.source``). ``plan(...).to_json_text()`` is what ``--dry-run``
+    prints.
     """
-    from hpclaunch.spawner.plan import Command, build_plan
+    from hpclaunch.model.plan import Command, build_plan
 
+    output, launch = _split_fields(output or OutputOptions(), launch or LaunchOptions(), fields)
     if not isinstance(command, Command):
         argv = [command] if isinstance(command, str) else list(command)
         if not argv:
             raise UsageError("the command is empty: give at least the training script")
         command = resolve_command(argv[0], argv[1:])
-    if bind_cores is not None:
-        _check_cores(bind_cores)
-    the_plan = build_plan(
-        adapter or _source_of(world),
-        world,
-        command,
-        log_dir=os.path.abspath(log_dir) if log_dir else None,
-        log_timestamp=time.strftime("%Y%m%d%H%M%S") if log_timestamp is None else log_timestamp,
-        bind_cores=bind_cores,
+    output = output._replace(
+        log_dir=os.path.abspath(output.log_dir) if output.log_dir else None,
+        log_timestamp=output.log_timestamp or time.strftime("%Y%m%d%H%M%S"),
     )
+    _check_plan_options(world, output, launch)
+    the_plan = build_plan(adapter or world.source, world, command, output, launch)
+    if launch.numa_binding != "none":
+        source = os.environ if env is None else env
+        the_plan = _bind_numa(the_plan, source, reporter or Reporter())
     if elastic is None:
         return the_plan
-    from dataclasses import replace
+    from hpclaunch.model.elastic import elastic_setup
 
-    from hpclaunch.spawner.elastic.config import elastic_setup
-
-    return the_plan._replace(
-        elastic=elastic_setup(the_plan, replace(elastic, command=command))
-    )
-
-
-def _source_of(world: World) -> str:
-    """The adapter that :func:`detect_world` used for this very World, else ``"api"``."""
-    known = _sources.get(id(world))
-    return known[1] if known is not None and known[0] is world else "api"
-
-
-def banner(plan: LaunchPlan) -> str:
-    """One line that says which world this node joined, for the top of a job's log."""
-    world = plan.world
-    ranks = [w.rank for w in plan.workers]
-    span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
-    return (
-        f"{plan.adapter} world: node {world.node_rank}/{world.num_nodes} ({plan.host}), "
-        f"{len(ranks)} worker(s), ranks {span} of {world.world_size}, "
-        f"master {world.master_addr}:{world.master_port}, "
-        f"output: {plan.log_dir if plan.log_dir else 'console'}"
-    )
-
-
-def _adapter_for(name: str) -> Adapter:
-    """The adapter that built the plan's world, for its worker-environment filter."""
-    if name in _used:
-        return _used[name]
-    if name in adapters.ADAPTERS:
-        return adapters.load(name)
-    return BaseAdapter()  # a World built by hand: the default filter
+    return the_plan._replace(elastic=elastic_setup(the_plan, elastic))
 
 
 def launch(
     plan: LaunchPlan,
     *,
     env: Optional[Mapping[str, str]] = None,
-    kill_timeout: float = 15.0,
-    pid_file: Optional[str] = None,
-    prefix_output: Optional[bool] = None,
-    ranks_filter: Optional[Iterable[int]] = None,
-    explicit_port: bool = False,
-    raw_output: bool = False,
+    reporter: Optional[Reporter] = None,
+    **fields: Any,
 ) -> Outcome:
     """Run the plan's workers to the end and return the :class:`Outcome` (never raises for a
     worker's failure: ``outcome.exit_code`` is the contract's exit status).
 
     Workers inherit ``env`` (default ``os.environ``) as the world's adapter filters it, plus
-    the plan's variables. ``kill_timeout`` is the SIGTERM -> SIGKILL wait at teardown;
-    ``pid_file`` is written for the launch's duration; ``prefix_output`` (default: more than
-    one worker in the world) prefixes console lines with ``[rank<R>]: ``; ``ranks_filter``
-    shows only these ranks' console output; ``raw_output`` (``--no_prefix``) lets the shown
-    workers write to the console directly, unrelayed (then a failure summary has no output
-    tail to quote); ``explicit_port`` says the caller chose the master
-    port, so a single-node (local) plan checks that it is free too. Signals to this process
-    (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as
-    in the CLI.
-    Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad log directory
-    or PID file, a master port in use, too low a file-descriptor limit, or elastic mode
-    without torch.
+    the plan's variables. Keywords change the plan's output and launch options for this
+    launch (``kill_timeout``, ``pid_file``, ``prefix_output``, ``ranks_filter``,
+    ``raw_output``), checked as :func:`plan` checks them. Signals to this process (SIGINT,
+    SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as in the
+    CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option,
+    log directory or PID file, a master port in use, too low a file-descriptor limit, or
+    elastic mode without torch.
     """
-    from hpclaunch.spawner import RunOptions, preflight, run
+    from hpclaunch.spawner import run
+    from hpclaunch.spawner.output.console import Console
 
+    if fields:
+        output, options = _split_fields(plan.output, plan.launch, fields)
+        _check_plan_options(plan.world, output, options)
+        plan = plan._replace(output=output, launch=options)
     source = os.environ if env is None else env
-    base_env = _adapter_for(plan.adapter).worker_environment(source)
-    options = RunOptions(
-        kill_timeout=kill_timeout,
-        pid_file=pid_file,
-        log=reporter.get().info,
-        banner=banner(plan),
-        prefix_output=plan.world.world_size > 1 if prefix_output is None else prefix_output,
-        ranks_filter=frozenset(ranks_filter) if ranks_filter is not None else None,
-        raw_output=raw_output,
-    )
-    preflight.check(
-        plan,
-        not raw_output and plan.elastic is None,  # elastic workers write directly
-        options.ranks_filter,
-        explicit_port=explicit_port,
-    )
-    if plan.elastic is not None:
-        from hpclaunch.spawner.elastic.launcher import run_elastic
-
-        return run_elastic(plan, options, base_env)
-    return run(plan, options, base_env)
+    base_env = adapters.worker_environment(plan.adapter, source)
+    voice = reporter or Reporter()
+    if voice.enabled(DEBUG):
+        voice.debug(f"plan: {plan.to_json_text()}")
+    console = Console()
+    try:
+        return run(plan, base_env, voice.through(console.message), console)
+    finally:
+        console.close()
 
 
-def finish(exit_code: int) -> None:
-    """Let the adapters used in this process end what they hold, by the final exit status.
+def finish(exit_code: int, world: Optional[World] = None) -> None:
+    """Let the world's adapter end what it holds, by the final exit status.
 
     Call it once, last, with the status the program exits with. Only the MPI adapter does
-    anything today: ``MPI_Finalize`` on 0, else ``MPI_Abort``, which ends every node's
-    launcher (and so every node's workers) and does not return.
+    anything among the built-ins: ``MPI_Finalize`` on 0, else ``MPI_Abort``, which ends
+    every node's launcher (and so every node's workers) and does not return. It acts
+    whenever MPI is initialised in this process, also when ``world`` is None (a world whose
+    detection failed half-way); a plug-in's ``finish`` is called when ``world`` is its.
     """
-    used = list(_used.values())
-    _used.clear()
-    for adapter in used:
-        adapter.finish(exit_code)
+    names = ["mpi"] if "mpi4py.MPI" in sys.modules else []
+    if world is not None and world.source not in names and world.source != "api":
+        names.insert(0, world.source)
+    for name in names:
+        adapters.load(name).finish(exit_code)
 
 
-__all__ = ["banner", "detect_world", "finish", "launch", "plan", "resolve_command"]
+# --------------------------------------------------------------------------- helpers
+
+
+def _with_fields(options: Any, fields: Mapping[str, Any]) -> Any:
+    """``options`` with the keywords a caller gave instead of the object; an unknown one is a
+    TypeError, as a misspelt keyword argument is."""
+    unknown = sorted(set(fields) - set(options._fields))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    return options._replace(**fields) if fields else options
+
+
+def _split_fields(
+    output: OutputOptions, launch: LaunchOptions, fields: Mapping[str, Any]
+) -> tuple[OutputOptions, LaunchOptions]:
+    """Keywords named like :class:`OutputOptions`' or :class:`LaunchOptions`' fields, applied."""
+    mine = {k: v for k, v in fields.items() if k in OutputOptions._fields}
+    rest = {k: v for k, v in fields.items() if k not in mine}
+    if "ranks_filter" in mine and mine["ranks_filter"] is not None:
+        mine["ranks_filter"] = frozenset(mine["ranks_filter"])
+    if "bind_cores" in rest and rest["bind_cores"] is not None:
+        rest["bind_cores"] = tuple(rest["bind_cores"])
+    return _with_fields(output, mine), _with_fields(launch, rest)
+
+
+def _check_plan_options(world: World, output: OutputOptions, launch: LaunchOptions) -> None:
+    output.check(world.world_size)
+    launch.check()
+    if launch.bind_cores is not None:
+        allowed = os.sched_getaffinity(0)
+        outside = [c for c in launch.bind_cores if c not in allowed]
+        if outside:
+            raise UsageError(
+                f"--bind_core_list names cores {_short(outside)} this launcher may not use "
+                f"(allowed: {_short(sorted(allowed))})"
+            )
+
+
+def _short(values: Iterable[int], most: int = 16) -> str:
+    """A list for one line: the first ``most`` values, then how many more."""
+    shown = list(values)
+    text = ", ".join(map(str, shown[:most]))
+    return f"[{text}{f', ... ({len(shown)} in all)' if len(shown) > most else ''}]"
+
+
+def _bind_numa(plan: LaunchPlan, env: Mapping[str, str], reporter: Reporter) -> LaunchPlan:
+    """``--numa_binding``: read this machine (or a recorded one, for tests), plan, report.
+
+    The allowed CPUs are the launcher's own affinity, which Slurm's cpuset cgroup and
+    ``--cpu-bind`` or a ``taskset`` already narrowed. libc is loaded here, before any fork,
+    when a worker's memory is to be bound.
+    """
+    from hpclaunch.machine.gpus import root_of
+    from hpclaunch.machine.topology import read_topology
+    from hpclaunch.model.binding import bind_plan
+    from hpclaunch.spawner.child import memory_binding_unavailable
+
+    mode = plan.launch.numa_binding
+    root = root_of(env)
+    allowed = frozenset(os.sched_getaffinity(0))
+    topology = read_topology(root, env.get("CUDA_DEVICE_ORDER"))
+    plan, lines, warnings = bind_plan(plan, mode, topology, env, allowed, root)
+    if any(spec.mem_node is not None for spec in plan.workers):
+        why = memory_binding_unavailable()  # also loads libc, before any fork
+        if why:
+            warnings.append(f"memory binding is not available here ({why}): workers' CPUs "
+                            "are bound, their memory is not")
+            plan = plan._replace(workers=tuple(s._replace(mem_node=None) for s in plan.workers))
+            lines = [line.replace(", memory node ", ", memory unbound, near node ")
+                     for line in lines]
+    for warning in warnings:
+        reporter.warning(warning)
+    reporter.emit(DEBUG, lines)
+    return plan
+
+
+__all__ = ["detect_world", "finish", "launch", "plan", "resolve_command"]

@@ -12,16 +12,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
-from hpclaunch import __version__, api, reporter
-from hpclaunch.adapters import ADAPTER_NAMES, WorldOptions
+from hpclaunch import __version__, api
+from hpclaunch.adapters import ADAPTER_NAMES
 from hpclaunch.errors import UsageError
-from hpclaunch.world import is_decimal
+from hpclaunch.fast import terminal_columns
+from hpclaunch.model.world import World, is_decimal
+from hpclaunch.options import (
+    NUMA_MODES,
+    ElasticOptions,
+    LaunchOptions,
+    OutputOptions,
+    WorldOptions,
+    check_cpu_choice,
+)
+from hpclaunch.reporter import CRITICAL, ERROR, LEVELS, Reporter, reopen_closed_standard_fds
 
 if TYPE_CHECKING:
-    from hpclaunch.spawner.elastic.config import ElasticOptions
-    from hpclaunch.spawner.plan import Command, LaunchPlan
+    from hpclaunch.model.plan import Command, LaunchPlan
     from hpclaunch.spawner.report import Outcome
 
 HELP_EXAMPLES = """examples:
@@ -35,7 +54,7 @@ Everything after the training script is passed to it untouched.
 Exit status: 0 all workers succeeded; c the first failed worker's code; 128+s a signal;
 2 bad invocation (nothing started)."""
 
-LOG_LEVELS = reporter.LEVELS
+LOG_LEVELS = LEVELS
 
 #: ``--adapter``'s metavar before plug-ins are listed (``--help`` lists them).
 _ADAPTER_METAVAR = "{" + ",".join(ADAPTER_NAMES) + ",...}"
@@ -59,26 +78,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's formatter minus its ``import shutil`` (which pulls in bz2 and lzma, ms of
-    every start): argparse builds one per ``add_argument`` only to check the flag, and
-    shutil would only measure the terminal, which ``os`` does as well."""
+    """argparse's formatter, its width measured by :func:`hpclaunch.fast.terminal_columns`
+    (argparse builds one per ``add_argument`` only to check the flag, and would import
+    ``shutil`` for the terminal's width)."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: Optional[int] = None) -> None:
         if width is None:
-            width = _terminal_columns() - 2
+            width = terminal_columns() - 2
         super().__init__(prog, indent_increment, max_help_position, width)
-
-
-def _terminal_columns() -> int:
-    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal, else 80."""
-    columns = os.environ.get("COLUMNS", "")
-    if is_decimal(columns) and int(columns) > 0:
-        return int(columns)
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
-        return 80
 
 
 def _flag(parser: argparse._ActionsContainer, name: str, **kwargs: object) -> None:
@@ -121,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(proc, "--bind_cores_to_rank", action="store_true",
           help="pin each worker to its own share of the allowed cores")
     _flag(proc, "--bind_core_list", default=None, help="cores to share out, e.g. 0-7,16-23")
-    _flag(proc, "--numa_binding", choices=("none", "node", "socket", "exclusive"), default="none",
+    _flag(proc, "--numa_binding", choices=NUMA_MODES, default="none",
           help="bind each worker's CPUs and memory to the NUMA node (or socket) nearest its "
           "GPU; exclusive: split that node's CPUs between its workers (default none)")
     _flag(proc, "--kill_timeout", type=float, default=15.0,
@@ -192,58 +200,26 @@ def _none_if_none(value: Optional[str]) -> Optional[str]:
     return None if value is None or value == "None" else value
 
 
-def resolve_command(args: argparse.Namespace, script: str, script_args: List[str]) -> Command:
-    return api.resolve_command(
-        script,
-        script_args,
-        module=args.module,
-        no_python=args.no_python,
-        local_rank=not args.no_local_rank,
-    )
-
-
-def _world_options(args: argparse.Namespace) -> WorldOptions:
-    return WorldOptions(
-        node_rank=args.node_rank,
-        master_addr=args.master_addr,
-        master_port=args.master_port,
-        world_info=args.world_info,
-        nproc_per_node=args.nproc_per_node,
-    )
-
-
-def _validate(args: argparse.Namespace) -> None:
-    if not 0 <= args.kill_timeout <= 86400:  # also refuses nan (every comparison is False)
-        raise UsageError(f"--kill_timeout {args.kill_timeout:g}: give seconds from 0 to 86400")
-    _world_options(args).check()
-    if args.save_pid < 0:
-        raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
-    if args.log_level.lower() not in LOG_LEVELS:
-        raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
-    #: The parsed --ranks_filter, once (None: show every rank).
-    args.ranks = parse_ranks_filter(args.ranks_filter) if args.ranks_filter is not None else None
-    if args.numa_binding != "none":
-        from hpclaunch import topology
-
-        topology.check_flags(args.numa_binding, args.bind_cores_to_rank, args.bind_core_list)
-
-
-def parse_ranks_filter(text: str) -> frozenset[int]:
+def parse_ranks_filter(text: str) -> FrozenSet[int]:
     parts = [p.strip() for p in text.split(",")]
     if not parts or not all(is_decimal(p) for p in parts):
         raise UsageError(f"--ranks_filter {text!r}: give global ranks like 0,3")
     return frozenset(int(p) for p in parts)
 
 
-def _use_color(fd: int, env: Dict[str, str]) -> bool:
-    """Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
-    return os.isatty(fd) and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+class Invocation:
+    """One command line, parsed once into the API's options."""
 
-
-def _install_reporter(args: argparse.Namespace, env: Dict[str, str]) -> None:
-    """The one voice of this process, at the level --log_level/--quiet asked for."""
-    level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
-    reporter.install(reporter.Reporter(level, color=_use_color(2, env)))
+    def __init__(self, world: WorldOptions, output: OutputOptions, launch: LaunchOptions,
+                 elastic: Optional[ElasticOptions], command: Command, dry_run: bool,
+                 reporter: Reporter) -> None:
+        self.world = world
+        self.output = output
+        self.launch = launch
+        self.elastic = elastic
+        self.command = command
+        self.dry_run = dry_run
+        self.reporter = reporter
 
 
 def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
@@ -260,143 +236,133 @@ def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
     return args, script, script_args
 
 
+def _reporter(args: argparse.Namespace, env: Mapping[str, str]) -> Reporter:
+    """The one voice of this process, at the level --log_level/--quiet asked for; colour
+    only for a person at a terminal, and never when NO_COLOR is set (no-color.org)."""
+    if args.log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f"--log_level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    level = LOG_LEVELS["error"] if args.quiet else LOG_LEVELS[args.log_level.lower()]
+    color = os.isatty(2) and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+    return Reporter(level, color=color)
+
+
 def _bind_cores(args: argparse.Namespace) -> Optional[Tuple[int, ...]]:
     """The cores --bind_cores_to_rank shares out: --bind_core_list, else all allowed ones."""
     if not args.bind_cores_to_rank:
         return None
     if args.bind_core_list:
-        from hpclaunch.spawner.plan import parse_core_list
+        from hpclaunch.model.binding import parse_core_list
 
         return parse_core_list(args.bind_core_list)
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
-def _elastic_options(args: argparse.Namespace) -> Optional[ElasticOptions]:
-    if not args.enable_elastic_training:
-        return None
-    from hpclaunch.spawner.elastic.config import ElasticOptions
+def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """Every flag into its options group, once; the API checks what it is given."""
+    args, script, script_args = _parse(argv)
+    voice = _reporter(args, env)
+    if args.save_pid < 0:
+        raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
+    check_cpu_choice(args.numa_binding, args.bind_cores_to_rank, args.bind_core_list)
+    pid_file = None
+    if args.save_pid:
+        from hpclaunch.spawner.pidfile import pid_file_path
 
-    return ElasticOptions(
-        min_nodes=args.min_elastic_nodes,
-        max_nodes=args.max_elastic_nodes,
-        max_restarts=args.max_restarts,
-        rendezvous_conf=args.rdzv_conf,
-    )
-
-
-def _plan(args: argparse.Namespace, command: Command, env: Dict[str, str]) -> LaunchPlan:
-    """The one place the CLI turns flags into a World and a plan."""
-    world = api.detect_world(
-        env,
-        adapter=args.adapter,
-        nproc_per_node=args.nproc_per_node,
-        node_rank=args.node_rank,
-        master_addr=args.master_addr,
-        master_port=args.master_port,
-        world_info=args.world_info,
-    )
-    _check_ranks_filter(args, world.world_size)
-    plan = api.plan(
-        world,
-        command,
-        log_dir=args.enable_each_rank_log,
-        bind_cores=_bind_cores(args),
-        elastic=_elastic_options(args),
-    )
-    if args.numa_binding != "none":
-        from hpclaunch import topology
-
-        plan = topology.bind_for_this_machine(plan, args.numa_binding, env)
-    return plan
-
-
-def _check_ranks_filter(args: argparse.Namespace, world_size: int) -> None:
-    """A filter naming a rank the world does not have is a typo, not a wish for silence."""
-    if args.ranks is None:
-        return
-    highest = max(args.ranks)
-    if highest >= world_size:
-        raise UsageError(
-            f"--ranks_filter {args.ranks_filter}: rank {highest} is not in this "
-            f"world of {world_size} rank(s) (0..{world_size - 1})"
-        )
-
-
-def _speak_through_the_console() -> None:
-    """From here on every launcher message is a non-blocking console write, in order with the
-    workers' relayed output (``main`` flushes and closes the console at the end)."""
-    from hpclaunch.spawner import console
-
-    voice = reporter.get()
-    reporter.install(
-        reporter.Reporter(voice.level, console.get().message, voice.color, console.close)
-    )
-
-
-def _launch(args: argparse.Namespace, plan: LaunchPlan, env: Dict[str, str]) -> Outcome:
-    """The one place the CLI runs a plan."""
-    from hpclaunch.spawner.files import pid_file_path
-
-    _speak_through_the_console()
-    voice = reporter.get()
-    if voice.enabled(reporter.DEBUG):
-        import json
-
-        voice.debug(f"plan: {json.dumps(plan.to_json())}")
-    return api.launch(
-        plan,
-        env=env,
+        pid_file = pid_file_path(args.save_pid, env)
+    launch = LaunchOptions(
         kill_timeout=args.kill_timeout,
-        pid_file=pid_file_path(args.save_pid, env) if args.save_pid else None,
-        prefix_output=plan.world.world_size > 1,
-        raw_output=args.no_prefix,
-        ranks_filter=args.ranks,
-        explicit_port=args.master_port is not None,
+        pid_file=pid_file,
+        bind_cores=_bind_cores(args),
+        numa_binding=args.numa_binding,
+    )
+    launch.check()  # before the world: under MPI a bad value must not cost an allgather
+    elastic = None
+    if args.enable_elastic_training:
+        elastic = ElasticOptions(
+            min_nodes=args.min_elastic_nodes,
+            max_nodes=args.max_elastic_nodes,
+            max_restarts=args.max_restarts,
+            rendezvous_conf=args.rdzv_conf,
+        )
+    return Invocation(
+        world=WorldOptions(
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            world_info=args.world_info,
+            nproc_per_node=args.nproc_per_node,
+            adapter=args.adapter,
+        ),
+        output=OutputOptions(
+            log_dir=args.enable_each_rank_log,
+            raw_output=args.no_prefix,
+            ranks_filter=(
+                parse_ranks_filter(args.ranks_filter) if args.ranks_filter is not None else None
+            ),
+        ),
+        launch=launch,
+        elastic=elastic,
+        command=api.resolve_command(
+            script,
+            script_args,
+            module=args.module,
+            no_python=args.no_python,
+            local_rank=not args.no_local_rank,
+        ),
+        dry_run=args.dry_run,
+        reporter=voice,
     )
 
 
-def _report(outcome: Outcome) -> None:
+def _report(outcome: Outcome, voice: Reporter) -> None:
     """Why the launch failed, if it did: the failed worker's summary, or the launcher's error."""
-    voice = reporter.get()
     if outcome.failure is not None:
         from hpclaunch.spawner.report import failure_summary
 
-        voice.emit(reporter.ERROR, failure_summary(outcome.failure), highlight=True)
+        voice.emit(ERROR, failure_summary(outcome.failure), highlight=True)
     elif outcome.error:
-        voice.emit(reporter.ERROR, [outcome.error], highlight=True)
+        voice.emit(ERROR, [outcome.error], highlight=True)
 
 
-def _main(argv: Sequence[str]) -> int:
-    args, script, script_args = _parse(argv)
-    _validate(args)
-    env = dict(os.environ)
-    _install_reporter(args, env)
-    command = resolve_command(args, script, script_args)
-    plan = _plan(args, command, env)
-    if args.dry_run:
-        from hpclaunch.spawner.plan import write_plan
+class _Run:
+    """What :func:`main` needs to end the run: the voice and the world (once known)."""
 
-        write_plan(plan.to_json(), sys.stdout)
-        return 0
-    outcome = _launch(args, plan, env)
-    _report(outcome)
-    return outcome.exit_code
+    def __init__(self) -> None:
+        self.reporter = Reporter()
+        self.world: Optional[World] = None
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        env = dict(os.environ)
+        job = _invocation(argv, env)
+        self.reporter = job.reporter
+        self.world = api.detect_world(env, job.world, reporter=job.reporter)
+        plan: LaunchPlan = api.plan(
+            self.world, job.command, output=job.output, launch=job.launch,
+            elastic=job.elastic, env=env, reporter=job.reporter,
+        )
+        if job.dry_run:
+            from hpclaunch.model.plan import write_plan
+
+            write_plan(plan.to_json(), sys.stdout)
+            return 0
+        outcome = api.launch(plan, env=env, reporter=job.reporter)
+        _report(outcome, job.reporter)
+        return outcome.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    reporter.reopen_closed_standard_fds()
+    reopen_closed_standard_fds()
+    run = _Run()
     try:
-        status = _main(sys.argv[1:] if argv is None else list(argv))
+        status = run(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
-        reporter.get().emit(reporter.CRITICAL, [f"error: {' '.join(str(exc).split())}"])
+        run.reporter.emit(CRITICAL, [f"error: {' '.join(str(exc).split())}"])
         status = 2
-    finally:
-        reporter.get().close()  # what the console still holds, before MPI may abort us
     # An adapter that holds something until exit (MPI) ends it by the exit status: under
     # mpirun a non-zero status must abort every node's launcher, not only this one.
     try:
-        api.finish(status)
+        api.finish(status, run.world)
     except UsageError as exc:  # a plug-in's finish() failed
-        reporter.get().error(" ".join(str(exc).split()))
+        run.reporter.error(" ".join(str(exc).split()))
         status = status or 2
     return status

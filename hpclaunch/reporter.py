@@ -1,7 +1,8 @@
 """The one voice of the launcher: every message a user reads from hpclaunch goes through here.
 
-Adapters, the planner and the spawner never write to stderr themselves; they call the
-process's :class:`Reporter`, which filters by level (``--log_level``/``--quiet``) and writes
+Adapters, the planner and the spawner never write to stderr themselves; they are handed a
+:class:`Reporter` (the CLI makes one per run; :mod:`hpclaunch.api` makes one at info level
+when a caller passes none), which filters by level (``--log_level``/``--quiet``) and writes
 with ``os.write`` so that a closed, broken or vanished console (``2>&-``, ``| head -1``, a
 dead ``tee``) costs the message, never the launch: the exit status and the teardown must not
 depend on whether anyone reads the launcher's output.
@@ -77,23 +78,15 @@ def stderr_sink(fd: int = 2) -> Sink:
 class Reporter:
     """Level-filtered, one-line-per-message output with the ``hpclaunch:`` prefix."""
 
-    def __init__(
-        self,
-        level: int = INFO,
-        sink: Optional[Sink] = None,
-        color: bool = False,
-        on_close: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, level: int = INFO, sink: Optional[Sink] = None, color: bool = False) -> None:
         self.level = level
         self.sink: Sink = sink if sink is not None else stderr_sink()
         self.color = color
-        self.on_close = on_close
 
-    def close(self) -> None:
-        """Flush and close the sink (``on_close``); later messages go straight to fd 2."""
-        on_close, self.on_close = self.on_close, lambda: None
-        on_close()
-        self.sink = stderr_sink()
+    def through(self, sink: Sink) -> Reporter:
+        """The same voice (level, colour) writing to ``sink``: the console while workers run,
+        so messages stay in order with their output."""
+        return Reporter(self.level, sink, self.color)
 
     def enabled(self, level: int) -> bool:
         return level >= self.level
@@ -125,18 +118,3 @@ class Reporter:
         if highlight and self.color:
             text[0] = f"\033[1;31m{text[0]}\033[0m"
         self.sink(("\n".join(text) + "\n").encode(errors="replace"))
-
-
-_current = Reporter()
-
-
-def get() -> Reporter:
-    """The process's reporter (what the CLI configured, else info level to stderr)."""
-    return _current
-
-
-def install(reporter: Reporter) -> Reporter:
-    """Make ``reporter`` the process's reporter; returns the previous one."""
-    global _current
-    previous, _current = _current, reporter
-    return previous

@@ -23,8 +23,9 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Mapping, Optional, Tuple
 
-from hpclaunch.adapters.base import Adapter, BaseAdapter, WorldOptions
+from hpclaunch.adapters.base import Adapter, BaseAdapter
 from hpclaunch.errors import UsageError
+from hpclaunch.options import WorldOptions
 
 #: name -> (module, class), in detection order.
 ADAPTERS: Dict[str, Tuple[str, str]] = {
@@ -69,6 +70,13 @@ def load(name: str) -> Adapter:
     return plugins.load_plugin(found[name])
 
 
+def worker_environment(name: str, env: Mapping[str, str]) -> Dict[str, str]:
+    """What workers inherit from ``env`` when the world came from adapter ``name`` (a World
+    built by hand, ``"api"``, gets the default filter)."""
+    adapter: Adapter = BaseAdapter() if name == "api" else load(name)
+    return adapter.worker_environment(env)
+
+
 def _detecting_plugin(env: Mapping[str, str]) -> Optional[Adapter]:
     from hpclaunch.adapters import plugins
 
@@ -85,7 +93,9 @@ def _detecting_plugin(env: Mapping[str, str]) -> Optional[Adapter]:
 
 
 def select(env: Mapping[str, str], options: WorldOptions, forced: Optional[str] = None) -> Adapter:
-    """The adapter named by ``--adapter``, or the first that detects (see the order above)."""
+    """The adapter named by ``--adapter`` (``forced``, else ``options.adapter``), or the first
+    that detects (see the order above)."""
+    forced = forced or options.adapter
     if forced and forced != "auto":
         return load(forced)
     if options.world_info is not None:
@@ -106,4 +116,5 @@ __all__ = [
     "adapter_names",
     "load",
     "select",
+    "worker_environment",
 ]

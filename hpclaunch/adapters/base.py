@@ -16,34 +16,18 @@ sources do not need to change.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, NamedTuple, Optional, Protocol, Tuple
+from typing import Dict, Mapping, Optional, Protocol, Tuple
 
 from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
-from hpclaunch.errors import UsageError
-from hpclaunch.world import World
-
-
-class WorldOptions(NamedTuple):
-    """The launcher flags that shape a World. ``None`` means "not given": the adapter decides."""
-
-    node_rank: Optional[int] = None
-    master_addr: Optional[str] = None
-    master_port: Optional[int] = None
-    world_info: Optional[str] = None
-    nproc_per_node: Optional[int] = None
-
-    def check(self) -> None:
-        """Refuse values no adapter could honour, naming the flag (shared by CLI and API)."""
-        if self.nproc_per_node is not None and self.nproc_per_node < 1:
-            raise UsageError(f"--nproc_per_node {self.nproc_per_node} must be at least 1")
-        if self.node_rank is not None and self.node_rank < 0:
-            raise UsageError(f"--node_rank {self.node_rank} must be >= 0")
-        if self.master_port is not None and not 1 <= self.master_port <= 65535:
-            raise UsageError(f"--master_port {self.master_port} is out of range: use 1..65535")
+from hpclaunch.errors import AdapterError
+from hpclaunch.model.world import World
+from hpclaunch.options import WorldOptions as WorldOptions  # what adapters are given
 
 
 class Adapter(Protocol):
-    """A source of Worlds. Every member is required; :class:`BaseAdapter` has defaults."""
+    """A source of Worlds. ``name``, ``detect`` and ``world`` are what an adapter must have;
+    a plug-in without ``notes``, ``worker_environment`` or ``finish`` gets
+    :class:`BaseAdapter`'s (what subclassing it gives too)."""
 
     #: The ``--adapter`` name; also the ``adapter`` key of ``--dry-run``.
     name: str
@@ -65,7 +49,12 @@ class Adapter(Protocol):
         ...
 
     def finish(self, exit_code: int) -> None:
-        """Called once, last, with the status the launcher exits with (MPI ends its job here)."""
+        """Called once, last, with the status the launcher exits with (MPI ends its job here).
+
+        Called on an instance of the adapter that built the World, not necessarily the same
+        object: what must last until then belongs to the process (MPI's own state), not to
+        the instance.
+        """
         ...
 
 
@@ -104,5 +93,27 @@ class BaseAdapter:
         return None
 
 
-#: The members :func:`hpclaunch.adapters.load` checks a plug-in for.
-PROTOCOL_METHODS = ("detect", "world", "notes", "worker_environment", "finish")
+def node_slots(
+    gpus: Tuple[int, ...], gpu_ids_usable: bool, nproc_per_node: Optional[int]
+) -> Tuple[Tuple[int, ...], bool]:
+    """Slot ids for this node and whether they are GPU ids. Pure.
+
+    One slot per GPU, else one; ``--nproc_per_node`` overrides. Asking for more workers than
+    GPUs (CPU training on a GPU box) gives plain slots, and then no CUDA_VISIBLE_DEVICES is
+    set: there is no honest device to give each worker.
+    """
+    if nproc_per_node is None:
+        if gpus:
+            return gpus, gpu_ids_usable
+        return (0,), False
+    if nproc_per_node < 1:
+        raise AdapterError(f"--nproc_per_node {nproc_per_node} must be at least 1")
+    if gpus and nproc_per_node <= len(gpus):
+        return gpus[:nproc_per_node], gpu_ids_usable
+    return tuple(range(nproc_per_node)), False
+
+
+#: What every adapter must have; the rest of the protocol has :class:`BaseAdapter`'s defaults.
+REQUIRED_METHODS = ("detect", "world")
+#: The protocol's optional members.
+OPTIONAL_METHODS = ("notes", "worker_environment", "finish")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 from typing import Mapping, Tuple
 
-from hpclaunch.adapters.base import BaseAdapter, WorldOptions
+from hpclaunch.adapters.base import BaseAdapter
 from hpclaunch.errors import AdapterError, WorldInfoError
-from hpclaunch.world import (
+from hpclaunch.fast import sha256_hex
+from hpclaunch.model.world import (
     DEFAULT_MASTER_PORT,
     MAX_WORLD_INFO_BYTES,
     Host,
@@ -21,9 +22,10 @@ from hpclaunch.world import (
     parse_world_info_text,
     world_info_json,
 )
+from hpclaunch.options import WorldOptions
 
 
-def read_world_info_file(path: str) -> Tuple[Host, ...]:
+def read_world_info_file(path: str, validate: bool = True) -> Tuple[Host, ...]:
     """``@PATH``: the file holds the base64 or the plain JSON (for worlds beyond ARG_MAX)."""
     try:
         with open(path, "rb") as handle:
@@ -42,29 +44,14 @@ def read_world_info_file(path: str) -> Tuple[Host, ...]:
     except UnicodeDecodeError:
         raise WorldInfoError(f"world_info file {path!r} is not UTF-8 text") from None
     del data  # a big world's bytes need not outlive their text while it is parsed
-    return parse_world_info_text(text)
+    return parse_world_info_text(text, validate)
 
 
-def parse_world_info_argument(value: str) -> Tuple[Host, ...]:
+def parse_world_info_argument(value: str, validate: bool = True) -> Tuple[Host, ...]:
+    """``--world_info``'s hosts; ``validate=False`` leaves their checks to the World."""
     if value.startswith("@"):
-        return read_world_info_file(value[1:])
-    return decode_world_info(value)
-
-
-def _sha256_hex(*parts: bytes) -> str:
-    """SHA-256 from CPython's built-in module when there is one: ``hashlib`` loads OpenSSL,
-    3.7 MiB of RSS for one digest. The digest is the same whichever implementation runs."""
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
-    except ImportError:
-        try:
-            from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:  # a Python built without them
-            from hashlib import sha256  # type: ignore[no-redef,unused-ignore]
-    digest = sha256()
-    for part in parts:
-        digest.update(part)
-    return str(digest.hexdigest())
+        return read_world_info_file(value[1:], validate)
+    return decode_world_info(value, validate)
 
 
 def derived_run_id(hosts: Tuple[Host, ...], master_addr: str, master_port: int) -> str:
@@ -73,7 +60,7 @@ def derived_run_id(hosts: Tuple[Host, ...], master_addr: str, master_port: int) 
     payload = world_info_json(hosts, compact=True).encode()
     encoded = base64.urlsafe_b64encode(payload)  # == encode_world_info(hosts).encode()
     del payload
-    digest = _sha256_hex(encoded, f"|{master_addr}|{master_port}".encode())
+    digest = sha256_hex(encoded, f"|{master_addr}|{master_port}".encode())
     return f"hpclaunch-{digest[:16]}"
 
 
@@ -91,7 +78,7 @@ class ExplicitAdapter(BaseAdapter):
                 "the explicit adapter needs --world_info: pass base64 of a JSON object like "
                 '{"host": [0, 1]}, or @FILE'
             )
-        hosts = parse_world_info_argument(options.world_info)
+        hosts = parse_world_info_argument(options.world_info, validate=False)  # World checks
         master_addr = options.master_addr if options.master_addr is not None else "127.0.0.1"
         master_port = (
             options.master_port if options.master_port is not None else DEFAULT_MASTER_PORT

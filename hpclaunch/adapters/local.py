@@ -1,6 +1,7 @@
 """This machine alone, no scheduler: the embedded default (``hpclaunch train.py``).
 
-One worker per visible GPU, else one; ``--nproc_per_node`` overrides. Master is 127.0.0.1
+One worker per visible GPU (NVIDIA or AMD), else one; ``--nproc_per_node`` overrides.
+Master is 127.0.0.1
 and, unless ``--master_port`` is given, 29500 when it is free, else a free port, so two
 local jobs on one machine do not collide.
 """
@@ -8,31 +9,13 @@ local jobs on one machine do not collide.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Mapping
 
-from hpclaunch import probe
-from hpclaunch.adapters.base import BaseAdapter, WorldOptions
+from hpclaunch.adapters.base import BaseAdapter, node_slots
 from hpclaunch.errors import AdapterError
-from hpclaunch.world import DEFAULT_MASTER_PORT, Host, World
-
-
-def local_slots(
-    gpus: Tuple[int, ...], gpu_ids_usable: bool, nproc_per_node: Optional[int]
-) -> Tuple[Tuple[int, ...], bool]:
-    """Slot ids for this machine and whether they are GPU ids. Pure.
-
-    Asking for more workers than GPUs (CPU training on a GPU box) gives plain slots, and
-    then no CUDA_VISIBLE_DEVICES is set: there is no honest device to give each worker.
-    """
-    if nproc_per_node is None:
-        if gpus:
-            return gpus, gpu_ids_usable
-        return (0,), False
-    if nproc_per_node < 1:
-        raise AdapterError(f"--nproc_per_node {nproc_per_node} must be at least 1")
-    if gpus and nproc_per_node <= len(gpus):
-        return gpus[:nproc_per_node], gpu_ids_usable
-    return tuple(range(nproc_per_node)), False
+from hpclaunch.machine import gpus, network
+from hpclaunch.model.world import DEFAULT_MASTER_PORT, Host, World
+from hpclaunch.options import WorldOptions
 
 
 class LocalAdapter(BaseAdapter):
@@ -40,9 +23,9 @@ class LocalAdapter(BaseAdapter):
 
     def __init__(
         self,
-        hostname: Callable[[], str] = probe.hostname,
-        port_is_free: Callable[[int], bool] = probe.port_is_free,
-        free_port: Callable[[], int] = probe.free_port,
+        hostname: Callable[[], str] = network.hostname,
+        port_is_free: Callable[[int], bool] = network.port_is_free,
+        free_port: Callable[[], int] = network.free_port,
     ) -> None:
         self._hostname = hostname
         self._port_is_free = port_is_free
@@ -57,8 +40,8 @@ class LocalAdapter(BaseAdapter):
                 f"--node_rank {options.node_rank} needs a multi-node world: pass --world_info "
                 "(or run under srun/mpirun); a local run is node 0 of 1"
             )
-        gpus, usable = probe.visible_gpus(env)
-        slots, gpu_slots = local_slots(gpus, usable, options.nproc_per_node)
+        ids, usable = gpus.visible_gpus(env)
+        slots, gpu_slots = node_slots(ids, usable, options.nproc_per_node)
         if options.master_port is not None:
             port = options.master_port
         elif self._port_is_free(DEFAULT_MASTER_PORT):

@@ -47,15 +47,12 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from hpclaunch import probe
-from hpclaunch.adapters.base import BaseAdapter, WorldOptions
-from hpclaunch.adapters.local import local_slots
-from hpclaunch.adapters.mpi_identity import (  # noqa: E402 - re-exported for callers
-    MPI_RANK_VARS,
-    is_mpi_identity_var,
-)
+from hpclaunch.adapters.base import BaseAdapter, node_slots
+from hpclaunch.adapters.mpi_identity import MPI_RANK_VARS, is_mpi_identity_var
 from hpclaunch.errors import AdapterError, UsageError
-from hpclaunch.world import Host, World, is_decimal
+from hpclaunch.machine import gpus, network
+from hpclaunch.model.world import Host, World, is_decimal
+from hpclaunch.options import WorldOptions
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -154,43 +151,20 @@ def local_problem(options: WorldOptions, mpi_rank: int) -> Optional[str]:
 # --------------------------------------------------------------------------- this node (I/O)
 
 
-def resolved_addresses(hostname: str) -> List[str]:
-    import socket  # here, not at the top: auto-detection imports this module on every start
-
-    try:
-        infos = socket.getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
-    return [str(info[4][0]) for info in infos]
-
-
-def interface_addresses() -> List[str]:
-    """Addresses of the interfaces that are up, in the kernel's interface order."""
-    import socket
-
-    import psutil  # a dependency of hpclaunch anyway; imported here to keep detect() cheap
-
-    stats = psutil.net_if_stats()
-    found: List[str] = []
-    for name, addresses in psutil.net_if_addrs().items():
-        if name in stats and not stats[name].isup:
-            continue
-        found.extend(a.address for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
-    return found
-
-
 def local_record(env: Mapping[str, str], options: WorldOptions, mpi_rank: int) -> Record:
     """This launcher's contribution to the exchange. Never raises: problems become text."""
-    host = probe.hostname()
+    host = network.hostname()
     record: Record = {"host": host, "address": "127.0.0.1", "slots": [0], "gpu_slots": False}
     try:
         record["problem"] = local_problem(options, mpi_rank)
-        record["address"] = pick_address(resolved_addresses(host), interface_addresses())
-        gpus, usable = probe.visible_gpus(env)
-        slots, gpu_slots = local_slots(gpus, usable, options.nproc_per_node)
+        record["address"] = pick_address(
+            network.resolved_addresses(host), network.interface_addresses()
+        )
+        ids, usable = gpus.visible_gpus(env)
+        slots, gpu_slots = node_slots(ids, usable, options.nproc_per_node)
         record["slots"], record["gpu_slots"] = list(slots), gpu_slots
         if mpi_rank == 0:
-            record["master_port"] = options.master_port or probe.free_port()
+            record["master_port"] = options.master_port or network.free_port()
             record["run_id"] = f"hpclaunch-mpi-{os.urandom(8).hex()}"
     except UsageError as exc:
         record["problem"] = str(exc)
@@ -244,16 +218,12 @@ class MPIAdapter(BaseAdapter):
 
     name = "mpi"
 
-    def __init__(self) -> None:
-        self._mpi: Any = None
-
     def detect(self, env: Mapping[str, str]) -> bool:
         return any(env.get(var) for var in MPI_RANK_VARS)
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         before = open_fds()
         mpi = import_mpi()
-        self._mpi = mpi
         comm = mpi.COMM_WORLD
         rank = comm.Get_rank()
         try:
@@ -277,9 +247,11 @@ class MPIAdapter(BaseAdapter):
 
         0: ``MPI_Finalize`` (waits for the other launchers' Finalize under some MPIs).
         Anything else: ``MPI_Abort(status)``, which ends every node's launcher, and with it
-        every node's workers; it does not return.
+        every node's workers; it does not return. Whether there is anything to end is MPI's
+        own state in this process (mpi4py's MPI module loaded and initialised), so any
+        instance of this adapter can answer it.
         """
-        mpi = self._mpi
+        mpi = sys.modules.get("mpi4py.MPI")
         if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
             return
         if status == 0:

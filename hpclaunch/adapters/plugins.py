@@ -1,30 +1,29 @@
 """Adapter plug-ins: entry points of the group ``hpclaunch.adapters`` (``name = "module:Class"``).
 
-Found by reading the ``entry_points.txt`` of each ``*.dist-info``/``*.egg-info`` directory on
-``sys.path`` (what pip, uv and setuptools write, editable installs included), not through
-``importlib.metadata``: importing it and asking for one group costs ~52 ms of CPU with 52
-packages installed, this scan ~2 ms (measured on the development VM, with and without a
-plug-in installed), and auto-detection must look for plug-ins on every launch that would
-otherwise fall back to ``local``. Only the listing
-is cheap: a plug-in's module is imported when it is chosen or asked to ``detect``.
+Listed by :func:`hpclaunch.fast.entry_points` (a scan of ``entry_points.txt`` files, not
+``importlib.metadata``: auto-detection looks for plug-ins on every launch that would
+otherwise fall back to ``local``); a plug-in's module is imported only when it is chosen or
+asked to ``detect``.
 
-A plug-in that cannot be imported, built or used is reported as one line naming it and
-the package it came from (:class:`PluginError`, exit 2), never a traceback.
+A plug-in needs ``name``, ``detect`` and ``world``; without ``notes``,
+``worker_environment`` or ``finish`` it gets :class:`~hpclaunch.adapters.base.BaseAdapter`'s.
+One that cannot be imported, built or used is reported as one line naming it and the
+package it came from (:class:`PluginError`, exit 2), never a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from hpclaunch.adapters.base import PROTOCOL_METHODS, Adapter, WorldOptions
+from hpclaunch.adapters.base import OPTIONAL_METHODS, REQUIRED_METHODS, Adapter, BaseAdapter
 from hpclaunch.errors import AdapterError, UsageError
-from hpclaunch.world import World
+from hpclaunch.fast import entry_points
+from hpclaunch.fast import parse_entry_points as parse_group
+from hpclaunch.model.world import World
+from hpclaunch.options import WorldOptions
 
 GROUP = "hpclaunch.adapters"
-_HEADER = f"[{GROUP}]".encode()
 
 
 class PluginError(AdapterError):
@@ -44,58 +43,15 @@ class PluginEntry(NamedTuple):
 
 def parse_entry_points(text: str, source: str) -> List[PluginEntry]:
     """The ``hpclaunch.adapters`` section of an ``entry_points.txt`` (INI), in file order."""
-    found: List[PluginEntry] = []
-    in_group = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            in_group = line[1:-1].strip() == GROUP
-            continue
-        name, eq, value = line.partition("=")
-        if in_group and eq:
-            target = value.split("[", 1)[0].strip()  # drop an ``[extras]`` suffix
-            found.append(PluginEntry(name.strip(), target, source))
-    return found
-
-
-def _metadata_dirs(path: Iterable[str]) -> Iterable[str]:
-    for entry in path:
-        try:
-            listing = os.scandir(entry or ".")
-        except OSError:  # not a directory (a zip), or gone
-            continue
-        with listing:
-            names = sorted(e.name for e in listing if e.name.endswith((".dist-info", ".egg-info")))
-        for name in names:
-            yield os.path.join(entry or ".", name)
-
-
-def _distribution(directory: str) -> str:
-    """``Foo_Bar-1.0.dist-info`` -> ``foo-bar``: a package found twice on the path counts once."""
-    return os.path.basename(directory).split("-", 1)[0].lower().replace("_", "-")
+    return [PluginEntry(name, target, source) for name, target in parse_group(text, GROUP)]
 
 
 def scan(path: Optional[Iterable[str]] = None) -> Dict[str, PluginEntry]:
     """Every plug-in on ``path`` (default ``sys.path``): the first of a name wins, as the first
     copy of a package on the path is the one Python imports."""
     plugins: Dict[str, PluginEntry] = {}
-    seen = set()
-    for directory in _metadata_dirs(sys.path if path is None else path):
-        distribution = _distribution(directory)
-        if distribution in seen:
-            continue
-        seen.add(distribution)
-        try:
-            with open(os.path.join(directory, "entry_points.txt"), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        if _HEADER not in data:
-            continue
-        for entry in parse_entry_points(data.decode("utf-8", "replace"), directory):
-            plugins.setdefault(entry.name, entry)
+    for name, target, source in entry_points(GROUP, path):
+        plugins.setdefault(name, PluginEntry(name, target, source))
     return plugins
 
 
@@ -116,7 +72,9 @@ def load_plugin(entry: PluginEntry) -> Adapter:
             f"{entry.describe()} cannot be loaded ({type(exc).__name__}: {exc}): fix or "
             "uninstall that package"
         ) from None
-    missing = [m for m in PROTOCOL_METHODS if not callable(getattr(adapter, m, None))]
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(adapter, m, None))]
+    missing += [m for m in OPTIONAL_METHODS
+                if hasattr(adapter, m) and not callable(getattr(adapter, m))]
     if missing or getattr(adapter, "name", None) != entry.name:
         why = (
             f"it lacks {', '.join(m + '()' for m in missing)}"
@@ -124,8 +82,8 @@ def load_plugin(entry: PluginEntry) -> Adapter:
             else f"its name is {getattr(adapter, 'name', None)!r}, not {entry.name!r}"
         )
         raise PluginError(
-            f"{entry.describe()} is broken: {why} (see the Adapter protocol in docs/api.md; "
-            "subclassing hpclaunch.adapters.base.BaseAdapter supplies the defaults)"
+            f"{entry.describe()} is broken: {why} (see the Adapter protocol in docs/api.md: "
+            "name, detect() and world() are required)"
         )
     return GuardedPlugin(adapter, entry)
 
@@ -141,12 +99,15 @@ class GuardedPlugin:
         self.adapter = adapter
         self.entry = entry
         self.name = entry.name
+        self.defaults = BaseAdapter()
 
     def _call(self, method: str, *args: Any, then: Callable[[Any], Any] = lambda r: r) -> Any:
-        """``then(adapter.<method>(*args))``; an unexpected exception in either (a result of
-        the wrong shape included) becomes one line naming the plug-in."""
+        """``then(adapter.<method>(*args))`` (BaseAdapter's when the plug-in has none); an
+        unexpected exception in either (a result of the wrong shape included) becomes one
+        line naming the plug-in."""
+        implementation = getattr(self.adapter, method, None) or getattr(self.defaults, method)
         try:
-            return then(getattr(self.adapter, method)(*args))
+            return then(implementation(*args))
         except UsageError:
             raise
         except Exception as exc:

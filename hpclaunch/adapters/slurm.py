@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from hpclaunch import probe
-from hpclaunch.adapters.base import BaseAdapter, WorldOptions
-from hpclaunch.adapters.local import local_slots
+from hpclaunch.adapters.base import BaseAdapter, node_slots
 from hpclaunch.errors import AdapterError, HostlistError
-from hpclaunch.hostlist import expand_hostlist, parse_counts
-from hpclaunch.world import Host, World, is_decimal
+from hpclaunch.machine import gpus as machine_gpus
+from hpclaunch.model.hostlist import expand_hostlist, parse_counts
+from hpclaunch.model.world import Host, World, is_decimal
+from hpclaunch.options import WorldOptions
 
 #: Derived master ports lie in [PORT_BASE, PORT_BASE + PORT_SPAN): unprivileged and below
 #: Linux's default ephemeral range (32768-60999), where a client socket could hold them.
@@ -191,7 +191,7 @@ def this_node_gpus(env: Mapping[str, str], gpu_probe: GpuProbe) -> Tuple[Tuple[i
         value = env.get(name)
         if value is None:
             continue
-        return probe.gpu_ids_from(value)
+        return machine_gpus.gpu_ids_from(value)
     return gpu_probe(env)
 
 
@@ -260,7 +260,7 @@ class SlurmAdapter(BaseAdapter):
 
     name = "slurm"
 
-    def __init__(self, gpu_probe: GpuProbe = probe.visible_gpus) -> None:
+    def __init__(self, gpu_probe: GpuProbe = machine_gpus.visible_gpus) -> None:
         self._gpu_probe = gpu_probe
 
     def detect(self, env: Mapping[str, str]) -> bool:
@@ -285,7 +285,7 @@ class SlurmAdapter(BaseAdapter):
             count = gpu_count_per_node(env, len(gpus), len(hosts))
         else:
             count = 1
-        slots, gpu_slots = local_slots(gpus, usable, count)
+        slots, gpu_slots = node_slots(gpus, usable, count)
         world_hosts = tuple(
             Host(name, slots if index == node_rank else tuple(range(len(slots))))
             for index, name in enumerate(hosts)
@@ -338,7 +338,7 @@ class SlurmAdapter(BaseAdapter):
             "shell",
         )
         gpus, usable = this_node_gpus(env, self._gpu_probe)
-        slots, gpu_slots = local_slots(gpus, usable, options.nproc_per_node)
+        slots, gpu_slots = node_slots(gpus, usable, options.nproc_per_node)
         return World(
             hosts=(Host(node_name, slots),),
             node_rank=0,

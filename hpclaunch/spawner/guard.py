@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from typing import FrozenSet, Iterator, Optional
 
-from hpclaunch.spawner import files, tree
+from hpclaunch.spawner import child, tree
 from hpclaunch.spawner.inbox import SignalInbox
 
 
@@ -41,7 +41,9 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
     watchdog: Optional[tree.Watchdog] = None
     try:
         if pid_file is not None:
-            files.check_pid_file(pid_file)
+            from hpclaunch.spawner import pidfile
+
+            pidfile.check_pid_file(pid_file)
         # The watchdog first: a launcher killed while writing the PID file leaves a draft
         # or a whole file, and the watchdog, which knows the path, removes either.
         watchdog = tree.start_watchdog(guard.token, pid_file)
@@ -49,10 +51,10 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
         if tree.parent_of(watchdog.pid) == os.getpid():  # we are PID 1 and adopted it
             guard.helpers = frozenset({watchdog.pid})
         if pid_file is not None:
-            files.write_pid_file(pid_file, os.getpid())
+            pidfile.write_pid_file(pid_file, os.getpid())
             pid_written = True
         tree.become_subreaper()
-        tree.load_libc()
+        child.libc()  # loaded before any fork: no dynamic loader between fork and exec
         yield guard
     finally:
         if watchdog is not None:
@@ -61,5 +63,7 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
             else:
                 watchdog.close()  # EOF without "done": the watchdog kills what is left
         if pid_written and pid_file is not None:
-            tree.remove_pid_file(pid_file, os.getpid())
+            from hpclaunch.spawner import pidfile
+
+            pidfile.remove_pid_file(pid_file, os.getpid())
         inbox.uninstall()

@@ -8,24 +8,14 @@ handlers raise from wherever the main thread is, and lose the Popens already sta
 
 from __future__ import annotations
 
-import _signal
 import os
 import signal
 from types import FrameType
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
-
-#: The C functions under ``signal.pthread_sigmask``/``signal.signal``, without signal.py's
-#: conversions to and from enums (a few microseconds each, paid twice per worker started
-#: and again in every child between fork and exec).
-_sigmask: Callable[[int, Iterable[int]], Set[int]] = _signal.pthread_sigmask
-_set_handler: Callable[[int, object], object] = _signal.signal
+from typing import AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
-#: Python ignores these at start-up and an ignored disposition survives exec: without a
-#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
-RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def _ignore(signum: int, frame: Optional[FrameType]) -> None:
@@ -66,31 +56,30 @@ class SignalInbox:
         os.close(self.write_fd)
 
 
-_RESET_IN_CHILD = tuple(int(sig) for sig in HANDLED_SIGNALS + RESTORED_SIGNALS)
-_HANDLED_NUMBERS = tuple(int(sig) for sig in HANDLED_SIGNALS)
-_SIG_DFL = int(signal.SIG_DFL)
-
-
 def reset_in_child() -> None:
-    """In a forked child before exec: default dispositions, no wakeup fd of the parent's."""
+    """In a forked child before exec: default dispositions, no wakeup fd of the parent's.
+    (SIGPIPE and SIGXFSZ, which Python ignores, are :func:`~hpclaunch.spawner.child.
+    become_worker`'s to restore.)"""
     signal.set_wakeup_fd(-1)
-    for sig in _RESET_IN_CHILD:
-        _set_handler(sig, _SIG_DFL)
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def set_mask(mask: Iterable[int]) -> None:
     """Restore a signal mask returned by :func:`fork_with_signals_blocked`."""
-    _sigmask(signal.SIG_SETMASK, mask)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def fork_with_signals_blocked(close_on_error: Sequence[int]) -> Tuple[int, Set[int]]:
+def fork_with_signals_blocked(
+    close_on_error: Sequence[int],
+) -> Tuple[int, AbstractSet[int]]:
     """``os.fork()`` with the handled signals blocked across it; returns (pid, old mask).
 
     A signal arriving between fork and exec would otherwise run the launcher's handler in
     the child and write to the launcher's wakeup fd. The parent restores the old mask; the
     child calls :func:`reset_in_child` and then restores it.
     """
-    old_mask = _sigmask(signal.SIG_BLOCK, _HANDLED_NUMBERS)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
     except BaseException:

@@ -19,9 +19,9 @@ import os
 import selectors
 import signal
 import time
-from typing import AbstractSet, Callable, FrozenSet, List, Optional, Sequence, Set
+from typing import AbstractSet, FrozenSet, List, Optional, Sequence, Set
 
-from hpclaunch import reporter
+from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
 
@@ -29,14 +29,6 @@ from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbo
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
 #: forever would hang the job, so we give up and say so.
 KILL_WAIT_SECONDS = 10.0
-
-
-def note_sent(sig: int, what: str, pids: Sequence[int]) -> None:
-    """Every signal the launcher sends is a debug line (built only when debug is on): one
-    line per batch, said by whoever sends it (``tree.send`` itself stays silent)."""
-    if pids and reporter.get().enabled(reporter.DEBUG):
-        shown = " ".join(str(pid) for pid in pids)
-        reporter.get().debug(f"sent {signal.Signals(sig).name} to {len(pids)} {what}: {shown}")
 
 
 class TreeSupervisor:
@@ -48,16 +40,17 @@ class TreeSupervisor:
         self,
         inbox: SignalInbox,
         kill_timeout: float,
-        log: Callable[[str], None],
+        reporter: Reporter,
         helpers: AbstractSet[int] = frozenset(),
     ) -> None:
         self.inbox = inbox
+        #: The launcher's one voice (info: what happens to the job; debug: every signal).
+        self.reporter = reporter
         #: The launcher's own helper processes that are its children (the watchdog, when the
         #: launcher is PID 1 of a namespace): never a worker, never a leftover, and not what
         #: "no children left" waits for.
         self.helpers: FrozenSet[int] = frozenset(helpers)
         self.kill_timeout = kill_timeout
-        self.log = log
         self.me = os.getpid()
         self.phase = self.RUNNING
         self.deadline = 0.0
@@ -112,7 +105,7 @@ class TreeSupervisor:
                     self.on_fatal(sig)
                     self.begin_terminate()
                 elif self.phase == self.TERMINATING:
-                    self.log(f"got {signal.Signals(sig).name} again: killing now")
+                    self.reporter.info(f"got {signal.Signals(sig).name} again: killing now")
                     self.begin_kill()
         self.after_signals()
 
@@ -153,8 +146,15 @@ class TreeSupervisor:
                 continue
             if tree.send(pid, sig):
                 sent.append(pid)
-        note_sent(sig, "process(es) outside the workers' groups", sent)
+        self.note_sent(sig, "process(es) outside the workers' groups", sent)
         return sent
+
+    def note_sent(self, sig: int, what: str, pids: Sequence[int]) -> None:
+        """Every signal the launcher sends is a debug line (built only when debug is on): one
+        line per batch, said by whoever sends it (``tree.send`` itself stays silent)."""
+        if pids and self.reporter.enabled(DEBUG):
+            shown = " ".join(str(pid) for pid in pids)
+            self.reporter.debug(f"sent {signal.Signals(sig).name} to {len(pids)} {what}: {shown}")
 
     def no_children_now(self) -> bool:
         """Reap what is ready; True when no descendant at all is left."""
@@ -178,10 +178,10 @@ class TreeSupervisor:
             if not fresh:
                 break
             tree.freeze_and_kill(fresh)
-            note_sent(signal.SIGKILL, "process(es), each after SIGSTOP", fresh)
+            self.note_sent(signal.SIGKILL, "process(es), each after SIGSTOP", fresh)
             self.killed.update(fresh)
         if self.killed:
-            reporter.get().warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
+            self.reporter.warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
 
     def loop(self) -> None:
         try:
@@ -204,7 +204,7 @@ class TreeSupervisor:
                     if self.phase == self.TERMINATING:
                         self.begin_kill()
                     else:
-                        reporter.get().warning(
+                        self.reporter.warning(
                             "some processes did not die after SIGKILL (uninterruptible "
                             "sleep?); giving up on them"
                         )

@@ -13,28 +13,26 @@ Each check raises :class:`~hpclaunch.errors.SpawnError` (exit 2, one line, nothi
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import AbstractSet, Optional
 
 from hpclaunch.errors import SpawnError
-from hpclaunch.spawner.plan import LaunchPlan
+from hpclaunch.machine import network
+from hpclaunch.model.plan import LaunchPlan
+from hpclaunch.spawner.output.wiring import FDS_PER_WORKER
 
 #: Descriptors the launcher holds besides its workers' (stdio, signal and watchdog pipes,
 #: the selector, the exec-status pipe, a log being opened...), with room to spare.
 BASE_FDS = 32
 
 
-#: Descriptors the launcher holds for the whole run per worker whose output it relays
-#: (stdout and stderr pipes); a pty per worker would make this a different number.
-FDS_PER_RELAYED_WORKER = 2  # console.FDS_PER_WORKER: separate stdout and stderr pipes
 
 
 def held_fds(
     plan: LaunchPlan,
     relayed: bool,
     ranks_filter: Optional[AbstractSet[int]],
-    per_relayed_worker: int = FDS_PER_RELAYED_WORKER,
+    per_relayed_worker: int = FDS_PER_WORKER,
 ) -> int:
     """Descriptors the workers' output holds open for the whole run.
 
@@ -81,28 +79,21 @@ def open_fd_count() -> int:
         return 3
 
 
-def hosts_master(plan: LaunchPlan, explicit_port: bool) -> bool:
-    """Is this node the rendezvous host whose port must be free?
-
-    Node 0 of any world whose master address is one of this host's; in local mode only when
-    the port was asked for (a single-node job of plain executables never uses it).
-    """
-    world = plan.world
-    if world.node_rank != 0:
-        return False
-    if plan.adapter == "local" and not explicit_port:
-        return False
-    return True
+def hosts_master(plan: LaunchPlan) -> bool:
+    """Is this node the rendezvous host whose port must be free? Node 0, when the master
+    address is one of this host's (whatever adapter built the world: one that picked a free
+    port finds it free)."""
+    return plan.world.node_rank == 0 and network.may_be_this_host(
+        plan.world.master_addr, plan.host
+    )
 
 
-def check_master_port(plan: LaunchPlan, explicit_port: bool) -> None:
+def check_master_port(plan: LaunchPlan) -> None:
     """Refuse a master port someone already listens on, when this node is the master."""
-    if not hosts_master(plan, explicit_port):
+    if not hosts_master(plan):
         return
     addr, port = plan.world.master_addr, plan.world.master_port
-    if not _may_be_this_host(addr, plan.host):
-        return
-    why = _bind_error(addr, port)
+    why = network.bind_error(addr, port)
     if why is None:
         return
     raise SpawnError(
@@ -111,61 +102,8 @@ def check_master_port(plan: LaunchPlan, explicit_port: bool) -> None:
     )
 
 
-def _may_be_this_host(addr: str, host: str) -> bool:
-    """An address literal, or a name of this host: worth a (fast, local) resolution.
-
-    Any other name is left alone: resolving it may wait on DNS, and the check is only a
-    courtesy (the workers would report a busy port themselves).
-    """
-    import socket
-
-    if addr in ("localhost", host, os.uname().nodename):
-        return True
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, addr)
-            return True
-        except OSError:
-            continue
-    return False
-
-
-def _bind_error(addr: str, port: int) -> Optional[str]:
-    """Why a listener could not take ``port`` here, or None (free, or not our address)."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return None  # an unresolvable master fails in the workers with torch's own words
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(sockaddr)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return exc.strerror or "EADDRINUSE"
-                continue  # EADDRNOTAVAIL: the master is another host
-            # Ours: torch's store listens on every address, so that port must be free too.
-        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((wildcard, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return exc.strerror or "EADDRINUSE"
-        return None
-    return None
-
-
-def check(
-    plan: LaunchPlan,
-    relayed: bool,
-    ranks_filter: Optional[AbstractSet[int]],
-    explicit_port: bool,
-) -> None:
+def check(plan: LaunchPlan) -> None:
     """Every check that needs no process started, in the order a user would fix them."""
-    check_master_port(plan, explicit_port)
-    ensure_fd_budget(len(plan.workers), held_fds(plan, relayed, ranks_filter))
+    check_master_port(plan)
+    relayed = not plan.output.raw_output and plan.elastic is None  # elastic workers write directly
+    ensure_fd_budget(len(plan.workers), held_fds(plan, relayed, plan.output.ranks_filter))

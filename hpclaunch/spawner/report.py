@@ -11,7 +11,7 @@ import re
 import signal
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
-from hpclaunch.spawner.files import tail_lines
+from hpclaunch.spawner.logs import tail_lines
 
 
 class WorkerFailure(NamedTuple):
@@ -63,13 +63,14 @@ class Outcome(NamedTuple):
 
 #: argparse's (and click's) refusal of DeepSpeed's ``--local_rank=N``, as a script written
 #: for torchrun prints it: "error: unrecognized arguments: --local_rank=3".
-_REFUSED_LOCAL_RANK = re.compile(
+#: (A pattern string: ``re`` compiles it when a failure is summarised, not at every start.)
+_REFUSED_LOCAL_RANK = (
     r"(unrecognized arguments|no such option|unexpected extra argument).*--local[_-]rank"
 )
 
 
 def refuses_local_rank(lines: Sequence[str]) -> bool:
-    return any(_REFUSED_LOCAL_RANK.search(line) for line in lines)
+    return any(re.search(_REFUSED_LOCAL_RANK, line) for line in lines)
 
 
 def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:

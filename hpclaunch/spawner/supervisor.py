@@ -10,36 +10,25 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, NoReturn, Optional, Set
+from typing import AbstractSet, Dict, List, Mapping, NoReturn, Optional
 
-from hpclaunch import reporter
-from hpclaunch.spawner import binding, console, tree
-from hpclaunch.spawner.elastic.worker import MAX_FD as MAX_FD  # the elastic agent uses it
-from hpclaunch.spawner.elastic.worker import become_worker
-from hpclaunch.spawner.files import LogFile
+from hpclaunch.model.plan import LaunchPlan, RankSpec
+from hpclaunch.reporter import Reporter
+from hpclaunch.spawner import tree
+from hpclaunch.spawner.child import become_worker
+from hpclaunch.spawner.guard import LaunchGuard
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
-    SignalInbox,
     fork_with_signals_blocked,
     reset_in_child,
     set_mask,
 )
-from hpclaunch.spawner.loop import TreeSupervisor, note_sent
-from hpclaunch.spawner.plan import LaunchPlan, RankSpec
-from hpclaunch.spawner.relay import OutputRelay
+from hpclaunch.spawner.logs import LogFile
+from hpclaunch.spawner.loop import TreeSupervisor
+from hpclaunch.spawner.output import wiring
+from hpclaunch.spawner.output.console import Console
+from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
-
-
-class SupervisorOptions(NamedTuple):
-    kill_timeout: float = 15.0
-    tree_token: str = ""
-    log: Callable[[str], None] = lambda message: None
-    #: Console output (when not in per-rank logs): prefix each line with ``[rank<R>]: ``.
-    prefix_output: bool = True
-    #: Only these ranks' console output is shown (None: all).
-    ranks_filter: Optional[FrozenSet[int]] = None
-    #: Console output straight to the console, not relayed (``--no_prefix``).
-    raw_output: bool = False
 
 
 def spawn_worker(
@@ -70,7 +59,7 @@ def _child(
     spec: RankSpec,
     env: Mapping[str, str],
     parent: int,
-    old_mask: Set[int],
+    old_mask: AbstractSet[int],
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
@@ -79,19 +68,16 @@ def _child(
     try:
         reset_in_child()
         set_mask(old_mask)
-        if spec.mem_node is not None:  # --numa_binding; inherited across exec
-            binding.prefer_memory_node(spec.mem_node)
         become_worker(
             spec.argv,
             env,
             parent,
-            tree.arm_death_signal,
             cpus=spec.cpus,
+            mem_node=spec.mem_node,  # --numa_binding; inherited across exec
             stdout_fd=stdout_fd,
             stderr_fd=stderr_fd,
             keep_fd=status_fd,
             new_session=True,
-            restore_signals=False,  # reset_in_child did, without signal.py's enum work
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
@@ -115,20 +101,19 @@ class Supervisor(TreeSupervisor):
     def __init__(
         self,
         plan: LaunchPlan,
-        options: SupervisorOptions,
         base_env: Mapping[str, str],
         log_files: Mapping[str, LogFile],
-        inbox: SignalInbox,
-        watchdog: tree.Watchdog,
-        helpers: FrozenSet[int] = frozenset(),
+        guard: LaunchGuard,
+        reporter: Reporter,
+        console: Console,
     ) -> None:
-        super().__init__(inbox, options.kill_timeout, options.log, helpers)
+        super().__init__(guard.inbox, plan.launch.kill_timeout, reporter, guard.helpers)
         self.plan = plan
-        self.options = options
         self.base_env = base_env
+        self.tree_token = guard.token
         self.log_files = log_files
         self.log_fds = {path: log.fd for path, log in log_files.items()}
-        self.watchdog = watchdog
+        self.watchdog = guard.watchdog
         self.live: Dict[int, RankSpec] = {}
         #: Ranks forked so far, and ranks that exited 0: success needs both to be all of them.
         self.started = 0
@@ -137,13 +122,10 @@ class Supervisor(TreeSupervisor):
         self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
-        self.console = console.get()
+        self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
-        self.output = console.OutputOptions(
-            self.log_fds, options.prefix_output, options.ranks_filter, options.raw_output
-        )
-        self.layout = console.Layout()
+        self.layout = wiring.Layout()
         # One pipe for every child's exec status, read by the loop: a child that cannot exec
         # writes one "<pid> <why>" line (atomic: shorter than PIPE_BUF) and exits 127.
         self.status_read, self.status_write = _pipe_above_stdio()
@@ -171,7 +153,7 @@ class Supervisor(TreeSupervisor):
     def start_one(self, spec: RankSpec) -> None:
         env = dict(self.base_env)
         env.update(spec.env)
-        env[tree.TREE_TOKEN_VAR] = self.options.tree_token
+        env[tree.TREE_TOKEN_VAR] = self.tree_token
         pid, error = self.spawn_with_output(spec, env)
         self.no_children = False
         self.live[pid] = spec
@@ -194,7 +176,10 @@ class Supervisor(TreeSupervisor):
         ) -> tuple[int, str]:
             return spawn_worker(spec, env, out, err, status)
 
-        return console.spawn_with_output(spawn, spec, env, self.output, self.layout, self.relay)
+        return wiring.spawn_with_output(
+            spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_fds,
+            self.layout, self.relay,
+        )
 
     def read_exec_status(self, fd: int) -> None:
         """Collect "<pid> <why>" lines from children that could not exec."""
@@ -221,13 +206,13 @@ class Supervisor(TreeSupervisor):
     def forward(self, sig: int) -> None:
         for pid in self.live:
             tree.send(pid, sig)
-        note_sent(sig, "worker(s)", list(self.live))
-        self.log(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
+        self.note_sent(sig, "worker(s)", list(self.live))
+        self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
 
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:
             self.fatal_signal = sig
-        self.log(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
+        self.reporter.info(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
 
     def on_child_exit(self, pid: int, status: int) -> None:
         spec = self.live.pop(pid, None)
@@ -258,7 +243,7 @@ class Supervisor(TreeSupervisor):
             log_path=log_path,
             detail=self.exec_errors.get(pid, ""),
         )
-        self.log(f"{self.failure.describe()}: stopping the other workers")
+        self.reporter.info(f"{self.failure.describe()}: stopping the other workers")
         self.begin_terminate()
 
     def check_all_done(self) -> None:
@@ -276,7 +261,7 @@ class Supervisor(TreeSupervisor):
         """Every worker succeeded but left descendants (daemons): stop them too."""
         self.start_clock()
         self.leftovers = len(self.signal_strays(signal.SIGTERM))
-        reporter.get().warning(
+        self.reporter.warning(
             f"all workers exited 0 but {self.leftovers} process(es) they started are still "
             "running: stopping them"
         )
@@ -292,7 +277,7 @@ class Supervisor(TreeSupervisor):
         groups = list(self.live)
         for pgid in groups:
             tree.send_group(pgid, signal.SIGTERM)
-        note_sent(signal.SIGTERM, "worker process group(s)", groups)
+        self.note_sent(signal.SIGTERM, "worker process group(s)", groups)
         self.signal_strays(signal.SIGTERM, already=frozenset(groups))
 
     def finished(self) -> bool:
@@ -328,7 +313,7 @@ class Supervisor(TreeSupervisor):
             code = 128 + self.fatal_signal
         elif self.succeeded < len(self.plan.workers):
             # Never reached by a correct run; if it is, say so rather than report success.
-            reporter.get().error(
+            self.reporter.error(
                 f"only {self.succeeded} of {len(self.plan.workers)} worker(s) ran to exit 0"
             )
             code = 1

@@ -16,53 +16,25 @@ Three layers, because each closes a hole the others leave:
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import signal
 import time
 from typing import AbstractSet, Dict, Iterable, List, Optional, Set
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
+from hpclaunch.spawner import child
 
 #: Name of the variable every worker (and so every descendant) carries; its value is a
 #: random token per launch, so one launcher never touches another's processes.
 TREE_TOKEN_VAR = "HPCLAUNCH_TREE_TOKEN"
 
-_libc: Optional[ctypes.CDLL] = None
-
-
-def _prctl(option: int, value: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
 
 def become_subreaper() -> bool:
     """Adopt orphaned descendants. False where the kernel refuses (non-Linux)."""
     try:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        child.prctl(child.PR_SET_CHILD_SUBREAPER, 1)
     except (OSError, AttributeError):
         return False
     return True
-
-
-def arm_death_signal() -> None:
-    """In a forked child (a worker, the elastic agent): die by SIGKILL when the forking
-    thread's process dies. A plain 9, not ``signal.SIGKILL``: no enum work between fork and
-    exec."""
-    _prctl(PR_SET_PDEATHSIG, 9)
-
-
-def load_libc() -> None:
-    """Load libc before forking, so children never run the dynamic loader between fork/exec."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def descendants(root: int, exclude: AbstractSet[int] = frozenset()) -> List[int]:
@@ -83,10 +55,10 @@ def descendants(root: int, exclude: AbstractSet[int] = frozenset()) -> List[int]
             children: Iterable[int] = table.get(pid, ())
         else:
             children = sorted(_thread_children(pid) or ())
-        for child in children:
-            if child not in exclude:
-                found.append(child)
-                queue.append(child)
+        for kid in children:
+            if kid not in exclude:
+                found.append(kid)
+                queue.append(kid)
     return found
 
 
@@ -275,7 +247,7 @@ def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: 
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.closerange(3, read_fd)
-    os.closerange(read_fd + 1, 65536)
+    os.closerange(read_fd + 1, child.MAX_FD)
     groups: Set[int] = set()
     buffer = b""
     clean = False
@@ -297,6 +269,8 @@ def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: 
         return
     _kill_everything(groups, token)
     if pid_file is not None:
+        from hpclaunch.spawner.pidfile import remove_pid_file
+
         remove_pid_file(pid_file, launcher)
 
 
@@ -319,34 +293,3 @@ def _kill_everything(groups: Set[int], token: str) -> None:
             if empty_scans == 2:
                 return
         time.sleep(0.01)  # let the kernel finish the kills (and any exec) before rescanning
-
-
-def pid_file_draft(path: str, launcher: int) -> str:
-    """Where the PID file is written before it is linked into place (never seen half-written)."""
-    return f"{path}.{launcher}.tmp"
-
-
-def remove_pid_file(path: str, launcher: int) -> None:
-    """Remove the PID file only if it still names ``launcher`` (never someone else's).
-
-    A draft left by a launcher killed mid-write goes too: it is named by the launcher's PID.
-    """
-    _unlink_quietly(pid_file_draft(path, launcher))
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        content = os.read(fd, 64).strip()
-    finally:
-        os.close(fd)
-    if content == str(launcher).encode():
-        _unlink_quietly(path)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            raise

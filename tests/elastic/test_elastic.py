@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from hpclaunch.spawner.plan import share_cores
+from hpclaunch.model.binding import share_cores
 from tests.conftest import (
     Fifo,
     error_line,

@@ -18,16 +18,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.elastic.config import (
-    WORKER_SHIM,
-    ElasticOptions,
+from hpclaunch.model.elastic import (
     describe,
     node_bounds,
     parse_rendezvous_conf,
     worker_argv_template,
 )
-from hpclaunch.spawner.plan import Command, build_plan, log_file_name, worker_argv
-from hpclaunch.world import Host, World
+from hpclaunch.model.plan import Command, build_plan, log_file_name, worker_argv
+from hpclaunch.model.world import Host, World
+from hpclaunch.options import ElasticOptions, OutputOptions
+from hpclaunch.spawner.elastic.agent import WORKER_SHIM
 
 
 def world(nodes: int = 3, node_rank: int = 0, addr: str = "10.1.2.3") -> World:
@@ -96,15 +96,24 @@ def test_describe_hosts_the_store_on_node_0_only() -> None:
     command = Command("t.py", python="/py")
     for node_rank, is_host in ((0, "true"), (2, "false")):
         plan = build_plan("explicit", world(node_rank=node_rank), command)
-        shown = describe(plan, ElasticOptions(command=command))
+        shown = describe(plan, ElasticOptions())
         assert shown["rendezvous"]["conf"]["is_host"] == is_host
         assert shown["rendezvous"]["run_id"] == "job-7"
         assert shown["nproc_per_node"] == 2 and shown["max_restarts"] == 3
     plan = build_plan("explicit", world(addr="fe80::1"), command)
-    assert describe(plan, ElasticOptions(command))["rendezvous"]["endpoint"] == "[fe80::1]:29400"
+    assert describe(plan, ElasticOptions())["rendezvous"]["endpoint"] == "[fe80::1]:29400"
 
 
 # -- the worker shim ----------------------------------------------------------------------
+
+
+def log_path_parts(log_dir: Optional[str]) -> Optional[List[str]]:
+    """The per-rank log name's parts, as a plan with these logs gives them to the shim."""
+    if log_dir is None:
+        return None
+    output = OutputOptions(log_dir=log_dir, log_timestamp="20260101000000")
+    parts = build_plan("explicit", world(), Command("t.py"), output).log_path_parts()
+    return list(parts) if parts else None
 
 
 def run_shim(
@@ -118,8 +127,7 @@ def run_shim(
         "agent": os.getpid() if agent is None else agent,
         "ranks": [{"env": {"FIXED": "zero"}, "cpus": None},
                   {"env": {"FIXED": "one"}, "cpus": [sorted(os.sched_getaffinity(0))[0]]}],
-        "log_dir": log_dir,
-        "log_timestamp": "20260101000000",
+        "log_path": log_path_parts(log_dir),
     }
     env = dict(os.environ, RANK=rank, LOCAL_RANK="1", GROUP_RANK="2", GROUP_WORLD_SIZE="3",
                LOCAL_WORLD_SIZE="2")

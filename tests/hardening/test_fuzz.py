@@ -20,7 +20,7 @@ from hpclaunch import cli
 from hpclaunch.adapters.base import WorldOptions
 from hpclaunch.adapters.local import LocalAdapter
 from hpclaunch.errors import UsageError
-from hpclaunch.probe import parse_gpu_list
+from hpclaunch.machine.gpus import parse_gpu_list
 from tests.conftest import WORKER
 
 FUZZ = settings(
@@ -293,7 +293,7 @@ def test_slurm_environment_fuzz(overrides: dict[str, str]) -> None:
 @example("a[1-3]b[2-1]")
 @example("a[,]")
 def test_hostlist_and_counts_fuzz(expression: str) -> None:
-    from hpclaunch.hostlist import expand_hostlist, parse_counts
+    from hpclaunch.model.hostlist import expand_hostlist, parse_counts
 
     for parse in (expand_hostlist, parse_counts):
         try:

@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from hpclaunch.world import MAX_WORLD_INFO_BYTES
+from hpclaunch.model.world import MAX_WORLD_INFO_BYTES
 from tests.conftest import ROOT, error_line, launcher_cmd, require, run_launcher
 
 HOSTILE_NAMES = ["a 0", 'a"=0"', "a'; echo foo", "a\n0", "$(touch pwned)", "-rf"]

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 #: Each costs milliseconds of every launch's start-up (inspect alone ~10 ms here).
 HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metadata",
-         "hpclaunch.spawner.elastic.config", "hpclaunch.spawner.elastic.launcher", "shutil",
+         "hpclaunch.model.elastic", "hpclaunch.spawner.elastic.launcher", "shutil",
          "socket")
 
 PROGRAM = """

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from hpclaunch.spawner.elastic.config import WORKER_SHIM
+from hpclaunch.spawner.elastic.agent import WORKER_SHIM
 from tests.conftest import BIN, free_port, require, run_launcher
 
 PROBE = str(BIN / "numa_probe.py")
@@ -121,9 +121,8 @@ def test_dry_run_shows_each_workers_cpus_and_memory_node(tmp_path: Path) -> None
 def test_elastic_worker_shim_prefers_the_node_after_exec(tmp_path: Path) -> None:
     """Elastic workers are started by torch's agent, then bind themselves in the shim."""
     node0_allowed()
-    binding = str(Path(WORKER_SHIM).parent.parent / "binding.py")
     config = {"agent": os.getpid(), "ranks": [{"env": {}, "cpus": None, "mem_node": 0}],
-              "log_dir": None, "log_timestamp": "", "binding": binding}
+              "log_path": None}
     (tmp_path / "out").mkdir()
     result = subprocess.run(
         [sys.executable, "-I", "-S", WORKER_SHIM, json.dumps(config), "--",

@@ -124,7 +124,7 @@ def broken_dist(base: Path, name: str, target: str, module: str = "") -> Path:
         ("no_such_module:Adapter", "", "cannot be loaded (ModuleNotFoundError"),
         ("half_done:Adapter", "class Adapter:\n    name = 'half'\n"
          "    def detect(self, env):\n        return False\n",
-         "is broken: it lacks world(), notes(), worker_environment(), finish()"),
+         "is broken: it lacks world()"),
         ("raises:Adapter", "from hpclaunch import BaseAdapter\n"
          "class Adapter(BaseAdapter):\n    name = 'raises'\n"
          "    def detect(self, env):\n        raise KeyError('PBS_X')\n",
@@ -168,3 +168,37 @@ def test_start_up_without_plugins_imports_no_metadata_machinery() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env_with([], {}), check=True)
     assert result.stdout.strip() == "[]"
+
+
+MINIMAL = '''
+from hpclaunch import Host, World
+
+
+class Minimal:
+    """Only what an adapter must have: no BaseAdapter, no notes/worker_environment/finish."""
+
+    name = "minimal"
+
+    def detect(self, env):
+        return "MINIMAL_JOB" in env
+
+    def world(self, env, options):
+        return World((Host("here", (0, 1)),), 0, "127.0.0.1", options.master_port or 29511,
+                     "minimal-" + env["MINIMAL_JOB"], gpu_slots=False)
+'''
+
+
+def test_a_plugin_with_only_name_detect_and_world_runs(tmp_path: Path) -> None:
+    """Duck typing: the optional members take BaseAdapter's defaults when absent (the MPI
+    identity of the launcher is still kept from the workers)."""
+    base = broken_dist(tmp_path / "site", "minimal", "minimal_adapter:Minimal", MINIMAL)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = env_with([base], {"MINIMAL_JOB": "7", "PMIX_NAMESPACE": "launcher-ns"})
+    result = run_launcher(WORKER, "--env-out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "minimal world: node 0/1" in result.stderr
+    records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["env"]["RANK"] for r in records] == ["0", "1"]
+    assert all(r["env"]["TORCHELASTIC_RUN_ID"] == "minimal-7" for r in records)
+    assert all("PMIX_NAMESPACE" not in r["env"] for r in records)

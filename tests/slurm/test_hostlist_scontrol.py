@@ -14,7 +14,7 @@ from typing import List, Optional
 import pytest
 
 from hpclaunch.errors import HostlistError
-from hpclaunch.hostlist import expand_hostlist
+from hpclaunch.model.hostlist import expand_hostlist
 from tests.slurm.hostlist_gen import invalid_expression, valid_expression
 
 VALID = 300

@@ -22,7 +22,7 @@ from hpclaunch.adapters.slurm import (
     derive_master_port,
 )
 from hpclaunch.errors import AdapterError, UsageError
-from hpclaunch.world import World
+from hpclaunch.model.world import World
 
 
 def no_gpus(env: Mapping[str, str]) -> Tuple[Tuple[int, ...], bool]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import selectors
 
-from hpclaunch.spawner.console import CONSOLE_BUFFER, LAUNCHER, Console
-from hpclaunch.spawner.relay import READ_SIZE, OutputRelay
+from hpclaunch.spawner.output.console import CONSOLE_BUFFER, LAUNCHER, Console
+from hpclaunch.spawner.output.relay import READ_SIZE, OutputRelay
 
 LINE = b"y" * 99 + b"\n"
 

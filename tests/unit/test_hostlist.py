@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import HostlistError, UsageError
-from hpclaunch.hostlist import MAX_RANGE, expand_hostlist, parse_counts
+from hpclaunch.model.hostlist import MAX_RANGE, expand_hostlist, parse_counts
 
 SLURM_22_05 = [
     ("n[01-2]", ["n01", "n02"]),

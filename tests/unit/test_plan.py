@@ -7,14 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.plan import (
-    Command,
-    build_plan,
-    parse_core_list,
-    share_cores,
-    worker_argv,
-)
-from hpclaunch.world import Host, World
+from hpclaunch.model.binding import parse_core_list, share_cores
+from hpclaunch.model.plan import Command, build_plan, worker_argv
+from hpclaunch.model.world import Host, World
+from hpclaunch.options import LaunchOptions
 
 CONTRACT_KEYS = {
     "RANK",
@@ -118,6 +114,7 @@ def test_parse_core_list() -> None:
 
 def test_binding_sets_omp_threads_to_the_share() -> None:
     world = World((Host("h", (0, 1)),), 0, "127.0.0.1", 29500, "r", gpu_slots=False)
-    plan = build_plan("local", world, Command("t.py"), bind_cores=(0, 1, 2, 3, 4))
+    launch = LaunchOptions(bind_cores=(0, 1, 2, 3, 4))
+    plan = build_plan("local", world, Command("t.py"), launch=launch)
     assert [w.cpus for w in plan.workers] == [(0, 1), (2, 3)]
     assert all(w.env_dict()["OMP_NUM_THREADS"] == "2" for w in plan.workers)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from hpclaunch.adapters import WorldOptions, select
+from hpclaunch.model.plan import Command, LaunchPlan, build_plan
+from hpclaunch.options import OutputOptions
 from hpclaunch.spawner import preflight
-from hpclaunch.spawner.plan import Command, LaunchPlan, build_plan
 
 
 def local_plan(workers: int, log_dir: str | None = None) -> LaunchPlan:
@@ -12,7 +13,8 @@ def local_plan(workers: int, log_dir: str | None = None) -> LaunchPlan:
     options = WorldOptions(nproc_per_node=workers)
     world = select(env, options, "local").world(env, options)
     command = Command(script="/bin/true", mode="exec", pass_local_rank=False)
-    return build_plan("local", world, command, log_dir=log_dir, log_timestamp="20260101000000")
+    output = OutputOptions(log_dir=log_dir, log_timestamp="20260101000000")
+    return build_plan("local", world, command, output)
 
 
 def test_relayed_workers_hold_two_each_and_the_count_is_a_parameter() -> None:
@@ -29,7 +31,10 @@ def test_filtered_workers_hold_one_raw_none_and_logs_one() -> None:
     assert preflight.held_fds(local_plan(6, "/tmp/logs"), True, None) == 6
 
 
-def test_local_mode_checks_the_port_only_when_it_was_asked_for() -> None:
+def test_node_zero_checks_a_local_master_port_whatever_the_adapter() -> None:
+    """No branch on the adapter: a local world's master is this host, so its port is
+    checked (the local adapter picked a free one, which is still free); node 1 never."""
     plan = local_plan(2)
-    assert not preflight.hosts_master(plan, explicit_port=False)
-    assert preflight.hosts_master(plan, explicit_port=True)
+    assert plan.adapter == "local" and preflight.hosts_master(plan)
+    remote = plan._replace(world=plan.world._replace(master_addr="node-zero.invalid"))
+    assert not preflight.hosts_master(remote)

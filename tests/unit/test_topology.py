@@ -14,18 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.plan import Command, build_plan
-from hpclaunch.topology import (
+from hpclaunch.machine.topology import read_topology
+from hpclaunch.model.binding import (
     bind_plan,
-    check_flags,
     format_cpulist,
     parse_cpulist,
     plan_binding,
-    read_topology,
     split_exclusive,
     worker_devices,
 )
-from hpclaunch.world import Host, World
+from hpclaunch.model.plan import Command, build_plan
+from hpclaunch.model.world import Host, World
+from hpclaunch.options import check_cpu_choice as check_flags
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topology"
 DGX = str(FIXTURES / "dgx-h100")

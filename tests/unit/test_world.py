@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.errors import WorldInfoError
-from hpclaunch.spawner.plan import Command, build_plan, plan_json, write_plan
-from hpclaunch.world import (
+from hpclaunch.model.plan import Command, build_plan, plan_json, write_plan
+from hpclaunch.model.world import (
     Host,
     World,
     decode_world_info,
@@ -245,3 +245,53 @@ def test_world_survives_pickle_and_copy() -> None:
     world = make_world((Host("a", (0, 1)), Host("b", (0,))), node_rank=1)
     assert pickle.loads(pickle.dumps(world)) == world == copy.deepcopy(world)
     assert copy.copy(world).first_rank == 2
+
+
+# -- World keeps its promise: every way to make one checks it ----------------------------
+
+
+def two_node_world() -> World:
+    return World((Host("a", (0, 1)), Host("b", (0, 1, 2))), 0, "10.0.0.1", 29500, "r")
+
+
+def test_replace_checks_like_the_constructor() -> None:
+    world = two_node_world()
+    with pytest.raises(WorldInfoError, match="node_rank 7 is out of range"):
+        world._replace(node_rank=7)
+    with pytest.raises(WorldInfoError, match="master_port"):
+        world._replace(master_port=0)
+    with pytest.raises(WorldInfoError, match="listed twice"):
+        world._replace(hosts=(Host("a", (0,)), Host("a", (1,))))
+
+
+def test_replace_recomputes_what_follows_from_the_hosts() -> None:
+    world = two_node_world()._replace(node_rank=1)
+    assert (world.world_size, world.first_rank) == (5, 2)
+    bigger = world._replace(hosts=(Host("a", (0,)), Host("b", tuple(range(8)))))
+    assert (bigger.world_size, bigger.first_rank, list(bigger.global_ranks())) == (
+        9, 1, list(range(1, 9)))
+    with pytest.raises(TypeError, match="world_size"):
+        world._replace(world_size=99)
+    with pytest.raises(TypeError, match="no field"):
+        world._replace(nodes=3)
+
+
+def test_make_checks_and_recomputes() -> None:
+    world = two_node_world()
+    assert World._make(tuple(world)) == world
+    fields = list(world)
+    fields[1] = 5  # node_rank of a 2-node world
+    with pytest.raises(WorldInfoError, match="node_rank 5"):
+        World._make(fields)
+    stale = list(world._replace(node_rank=1))
+    stale[-2:] = [1, 0]  # a wrong world_size and first_rank are not believed
+    assert World._make(stale).world_size == 5 and World._make(stale).first_rank == 2
+
+
+def test_pickle_and_copy_keep_the_world() -> None:
+    import copy
+    import pickle
+
+    world = two_node_world()._replace(node_rank=1, source="slurm")
+    assert pickle.loads(pickle.dumps(world)) == world
+    assert copy.deepcopy(world) == world and copy.copy(world).source == "slurm"

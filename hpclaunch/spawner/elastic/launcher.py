@@ -24,212 +24,43 @@ process group) reaches the launcher only, which then asks the agent exactly once
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import selectors
 import signal
-import sys
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional
 
-from hpclaunch import reporter
-from hpclaunch.spawner import files, tree
-from hpclaunch.spawner.elastic.config import (
-    AGENT_GRACE_SECONDS,
+from hpclaunch.errors import UsageError
+from hpclaunch.model.elastic import ElasticSetup
+from hpclaunch.model.plan import LaunchPlan
+from hpclaunch.reporter import DEBUG, Reporter
+from hpclaunch.spawner import logs, tree
+from hpclaunch.spawner.elastic.agent import (
     SHARED_STORE_KNOB,
-    WORKER_SHIM,
-    ElasticSetup,
-    require_torch,
+    AgentRun,
+    fork_agent,
     shutdown_timeout,
-    worker_config,
 )
 from hpclaunch.spawner.guard import launch_guard
-from hpclaunch.spawner.inbox import (
-    FATAL_SIGNALS,
-    FORWARDED_SIGNALS,
-    SignalInbox,
-    fork_with_signals_blocked,
-    reset_in_child,
-)
-from hpclaunch.spawner.loop import TreeSupervisor, note_sent
-from hpclaunch.spawner.plan import LaunchPlan
+from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
+from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
-from hpclaunch.spawner.supervisor import MAX_FD
 
-if TYPE_CHECKING:
-    from hpclaunch.spawner import RunOptions
-
-
-class AgentRun(NamedTuple):
-    """What the forked agent is given besides the plan: decided by the launcher at run time."""
-
-    setup: ElasticSetup
-    #: torch's TERM -> KILL wait for its workers (``--kill_timeout``, whole seconds).
-    shutdown_timeout: int
-    #: Whether torch's agent logs at info level (the launcher's reporter is at debug).
-    debug: bool
+#: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
+#: the workers and exit before the launcher kills everything itself.
+AGENT_GRACE_SECONDS = 2.0
 
 
-# --------------------------------------------------------------------------- the agent
-
-
-def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int) -> int:
-    """Body of the forked agent process: run torch's elastic agent, report one JSON line."""
-
-    import logging
-
-    setup = run.setup
-
-    def report(message: Dict[str, Any]) -> None:
-        data = (json.dumps(message) + "\n").encode()
-        if len(data) > 60000:  # stay below the pipe's capacity: the write never blocks
-            data = b'{"kind": "error", "message": "(the agent\'s report was too long)"}\n'
-        os.write(result_fd, data)
-
-    try:
-        from torch.distributed.elastic.multiprocessing import (
-            LogsDest,
-            LogsSpecs,
-            SignalException,
+def require_torch() -> None:
+    """Fail as a usage error (exit 2, nothing spawned) if torch is absent; imports nothing."""
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            "--enable_elastic_training needs torch in this Python: pip install torch "
+            "(or run without elastic mode)"
         )
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-    except ImportError as exc:
-        report({"kind": "error", "message": f"cannot import torch's elastic launcher: {exc}"})
-        return 1
-
-    class ConsoleLogs(LogsSpecs):
-        """Workers inherit the launcher's stdout/stderr; elastic/worker.py does per-rank logs.
-
-        torch's DefaultLogsSpecs would make a temp dir per run and open each log with
-        ``open(path, "w")``: truncated on restart and followed through symlinks.
-        """
-
-        def __init__(self) -> None:
-            super().__init__(log_dir=None)
-
-        @property
-        def root_log_dir(self) -> str:
-            return ""
-
-        def reify(self, envs: Dict[int, Dict[str, str]]) -> Any:
-            ranks = range(len(envs))
-            return LogsDest(
-                stdouts={r: "" for r in ranks},
-                stderrs={r: "" for r in ranks},
-                tee_stdouts={},
-                tee_stderrs={},
-                error_files={r: "" for r in ranks},
-            )
-
-    class ToReporter(logging.Handler):
-        """torch's agent log, as the launcher's debug messages (the one voice)."""
-
-        def emit(self, record: logging.LogRecord) -> None:
-            reporter.get().debug(f"agent: {record.getMessage()}")
-
-    if run.debug:
-        logging.basicConfig(level=logging.INFO, handlers=[ToReporter()])
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
-            logger.setLevel(logging.INFO if run.debug else logging.WARNING)
-
-    config = LaunchConfig(
-        min_nodes=setup.min_nodes,
-        max_nodes=setup.max_nodes,
-        nproc_per_node=setup.nproc_per_node,
-        logs_specs=ConsoleLogs(),
-        run_id=plan.world.run_id,
-        rdzv_endpoint=setup.endpoint,
-        rdzv_backend="c10d",
-        rdzv_configs=dict(setup.rendezvous_conf),
-        max_restarts=setup.max_restarts,
-        start_method="spawn",
-        signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
-        shutdown_timeout=run.shutdown_timeout,
-    )
-    # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
-    shim_config = worker_config(plan, os.getpid()).replace("$", "$$")
-    args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]
-    try:
-        elastic_launch(config, sys.executable)(*args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        report({
-            "kind": "failed", "rank": int(rank), "local_rank": int(failure.local_rank),
-            "pid": int(failure.pid), "exitcode": int(failure.exitcode),
-        })
-        return 1
-    except SignalException as exc:
-        report({"kind": "signal", "signal": int(exc.sigval)})
-        return 128 + int(exc.sigval)
-    except Exception as exc:  # rendezvous timeout, store unreachable, ...
-        # torch's C++ errors carry whole stack traces: the first lines say what happened.
-        detail = "\n".join((str(exc) or str(exc.__cause__ or "")).splitlines()[:5])[:2000]
-        report({"kind": "error", "type": type(exc).__name__, "message": detail})
-        return 1
-    report({"kind": "ok"})
-    return 0
 
 
-def _fork_agent(
-    plan: LaunchPlan,
-    run: AgentRun,
-    env: Mapping[str, str],
-    inbox: SignalInbox,
-    watchdog: tree.Watchdog,
-) -> Tuple[int, int]:
-    """Fork the agent (own session, pdeathsig); returns (pid, read end of its result pipe)."""
-    result_read, result_write = os.pipe()
-    parent = os.getpid()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid, old_mask = fork_with_signals_blocked((result_read, result_write))
-    if pid == 0:
-        code = 1
-        try:
-            os.close(result_read)
-            reset_in_child()
-            for sig in FORWARDED_SIGNALS:
-                # The launcher forwards these to the workers itself; one aimed at the whole
-                # job (scancel --signal) must not kill the agent. A Python-level handler
-                # (not SIG_IGN) so the workers, after exec, get the default action back.
-                signal.signal(sig, _ignore_signal)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.setsid()
-            tree.arm_death_signal()
-            if os.getppid() != parent:
-                os._exit(1)
-            os.close(inbox.read_fd)
-            os.close(inbox.write_fd)
-            watchdog.close()  # the launcher's end only: EOF must mean "the launcher died"
-            # Nothing of the launcher's (an MPI process manager's pipes, say) stays open in
-            # the agent: it needs fds 0-2 and its result pipe, and its workers get 0-2 only.
-            os.closerange(3, result_write)
-            os.closerange(result_write + 1, MAX_FD)
-            # The launcher's console (its non-blocking descriptors are closed just above)
-            # is not the agent's: the agent speaks straight to fd 2, at the same level.
-            voice = reporter.get()
-            reporter.install(reporter.Reporter(voice.level, color=voice.color))
-            os.environ.clear()
-            os.environ.update(env)  # torch's agent gives workers os.environ plus its own
-            code = _agent_main(plan, run, result_write)
-        except BaseException as exc:  # noqa: B036 - must never return into the launcher
-            try:
-                reporter.get().emit(reporter.ERROR, [f"elastic agent crashed: {exc!r}"])
-            except BaseException:  # noqa: B036 - not even a failed report may return
-                pass
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    os.close(result_write)
-    os.set_blocking(result_read, False)
-    return pid, result_read
-
-
-def _ignore_signal(signum: int, frame: object) -> None:
-    """Python-level no-op handler (see _fork_agent)."""
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -242,13 +73,13 @@ class _ElasticSupervisor(TreeSupervisor):
         self,
         plan: LaunchPlan,
         setup: ElasticSetup,
-        options: RunOptions,
+        reporter: Reporter,
         inbox: SignalInbox,
         agent: int,
         result_fd: int,
         helpers: AbstractSet[int] = frozenset(),
     ) -> None:
-        super().__init__(inbox, options.kill_timeout, options.log, helpers)
+        super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers)
         self.plan = plan
         self.setup = setup
         self.agent = agent
@@ -264,12 +95,14 @@ class _ElasticSupervisor(TreeSupervisor):
         workers = self.workers()
         for pid in workers:
             tree.send(pid, sig)
-        note_sent(sig, "worker(s)", workers)
-        self.log(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
+        self.note_sent(sig, "worker(s)", workers)
+        self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
 
     def on_fatal(self, sig: int) -> None:
         self.fatal_signal = sig
-        self.log(f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers")
+        self.reporter.info(
+            f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
+        )
 
     def after_signals(self) -> None:
         self.read_result()
@@ -321,14 +154,14 @@ class _ElasticSupervisor(TreeSupervisor):
             return
         if self.phase == self.RUNNING:
             self.leftovers = len(left)
-            reporter.get().warning(
+            self.reporter.warning(
                 f"the elastic agent is done but {len(left)} process(es) the workers started "
                 "are still running: stopping them"
             )
             self.start_clock()
         for pid in left:
             tree.send(pid, signal.SIGTERM)
-        note_sent(signal.SIGTERM, "process(es) the agent's workers left", left)
+        self.note_sent(signal.SIGTERM, "process(es) the agent's workers left", left)
 
     def begin_terminate(self) -> None:
         """SIGTERM to the agent, which stops its workers (TERM, --kill_timeout, KILL).
@@ -339,7 +172,7 @@ class _ElasticSupervisor(TreeSupervisor):
         if self.agent_status is None:
             self.start_clock(extra=AGENT_GRACE_SECONDS)
             tree.send(self.agent, signal.SIGTERM)
-            note_sent(signal.SIGTERM, "elastic agent", [self.agent])
+            self.note_sent(signal.SIGTERM, "elastic agent", [self.agent])
         else:
             self.start_clock()
             self.terminate_descendants()
@@ -419,7 +252,7 @@ class _ElasticSupervisor(TreeSupervisor):
         )
 
 
-def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, str]) -> Outcome:
+def run_elastic(plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter) -> Outcome:
     """Run this node's share of an elastic job to an Outcome (the contract's exit status).
 
     The same call and result as static mode's :func:`hpclaunch.spawner.run`, for a plan that
@@ -433,17 +266,16 @@ def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, st
         raise ValueError("run_elastic needs a plan built with hpclaunch.plan(..., elastic=...)")
     require_torch()
     if plan.log_dir:
-        files.make_log_dir(plan.log_dir)  # a bad one is exit 2 before anything starts
+        logs.make_log_dir(plan.log_dir)  # a bad one is exit 2 before anything starts
     run = AgentRun(
         setup=setup,
-        shutdown_timeout=shutdown_timeout(options.kill_timeout),
-        debug=reporter.get().enabled(reporter.DEBUG),
+        shutdown_timeout=shutdown_timeout(plan.launch.kill_timeout),
+        debug=reporter.enabled(DEBUG),
     )
     result_fd = -1
-    with launch_guard(options.pid_file) as guard:
+    with launch_guard(plan.launch.pid_file) as guard:
         try:
-            if options.banner:
-                options.log(options.banner)
+            reporter.info(plan.banner())
             env = dict(base_env)
             env[tree.TREE_TOKEN_VAR] = guard.token  # the workers inherit it: the watchdog's mark
             # torch's knob (read by its c10d rendezvous) for a fresh worker store per attempt.
@@ -458,15 +290,15 @@ def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, st
             if stop is not None:  # asked to stop before anything started
                 guard.clean = True
                 return Outcome(exit_code=128 + stop, fatal_signal=stop)
-            agent, result_fd = _fork_agent(plan, run, env, guard.inbox, guard.watchdog)
+            agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog, reporter)
             guard.watchdog.track(agent)  # its own session: pgid == pid
-            options.log(
+            reporter.info(
                 f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
                 f"{setup.max_nodes} node(s), rendezvous c10d at {setup.endpoint} "
                 f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
             )
             supervisor = _ElasticSupervisor(
-                plan, setup, options, guard.inbox, agent, result_fd, guard.helpers
+                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers
             )
             supervisor.handle_signals([])
             supervisor.loop()
@@ -477,4 +309,4 @@ def run_elastic(plan: LaunchPlan, options: RunOptions, base_env: Mapping[str, st
                 os.close(result_fd)
 
 
-__all__ = ["AgentRun", "run_elastic"]
+__all__ = ["run_elastic"]

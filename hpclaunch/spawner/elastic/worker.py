@@ -10,82 +10,29 @@ agent's bookkeeping, signals and exit codes are untouched):
 * ``CROSS_RANK``/``CROSS_SIZE``/``LOCAL_SIZE`` from the agent's ``GROUP_RANK``/
   ``GROUP_WORLD_SIZE``/``LOCAL_WORLD_SIZE`` (only known after each rendezvous), plus this
   local rank's fixed variables from the plan (``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``);
-* the per-rank log ``<timestamp>_rank<RANK>.log``, named by the global rank the rendezvous
-  assigned, opened for appending (a restarted worker adds to its log) and never through a
-  symlink;
-* the core binding of ``--bind_cores_to_rank``.
+* the per-rank log, named by the global rank the rendezvous assigned, opened for appending
+  (a restarted worker adds to its log) and never through a symlink;
+* the core and memory binding of ``--bind_cores_to_rank``/``--numa_binding``.
 
-The worker's own setup (:func:`become_worker`) is the same function static workers run in
-the launcher's forked child, so the two cannot drift apart.
-
-It is run as ``python -I -S worker.py CONFIG -- argv...``: standard library only, no
-site-packages, no hpclaunch import, so it costs a few milliseconds per worker start.
+The setup itself is :func:`hpclaunch.spawner.child.become_worker`, the function static
+workers run in the launcher's forked child. It is run as ``python -I -S worker.py CONFIG --
+argv...``: standard library only, no site-packages, no hpclaunch package import (the child
+module is loaded by path), so it costs a few milliseconds per worker start.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
-
-PR_SET_PDEATHSIG = 1
-
-#: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
-MAX_FD = 1 << 30
-
-#: Python ignores these at start-up and an ignored disposition survives exec: without a
-#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
-RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+from typing import Any, Dict, List, Optional
 
 #: Variables hpclaunch derives from the agent's: contract name -> torch name.
 DERIVED = {"CROSS_RANK": "GROUP_RANK", "CROSS_SIZE": "GROUP_WORLD_SIZE",
            "LOCAL_SIZE": "LOCAL_WORLD_SIZE"}
 
+CHILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "child.py")
+
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def become_worker(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    parent: int,
-    arm_death_signal: Callable[[], None],
-    cpus: Optional[Sequence[int]] = None,
-    stdout_fd: Optional[int] = None,
-    stderr_fd: Optional[int] = None,
-    keep_fd: Optional[int] = None,
-    new_session: bool = False,
-    restore_signals: bool = True,
-) -> None:
-    """The worker's own setup, shared by static workers (in the launcher's forked child) and
-    elastic ones (in this shim): then exec the command in place. Returns only by raising.
-
-    Kept to syscalls, in this order: own session (static: the worker's PID is its group, so
-    teardown signals the group); death signal, then a check that ``parent`` did not die
-    before it was armed; cores; stdout/stderr; with ``keep_fd`` set, every descriptor but
-    0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's ``close_fds=True`` (an MPI
-    process manager's pipes are not the worker's); default SIGPIPE/SIGXFSZ (unless the
-    caller already reset them); exec.
-    """
-    if new_session:
-        os.setsid()
-    arm_death_signal()
-    if os.getppid() != parent:
-        os._exit(1)  # the parent died before the death signal was armed: nobody wants us
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    if stdout_fd is not None:
-        os.dup2(stdout_fd, 1)
-    if stderr_fd is not None:
-        os.dup2(stderr_fd, 2)
-    if keep_fd is not None:
-        if keep_fd > 3:
-            os.closerange(3, keep_fd)
-        os.closerange(max(3, keep_fd + 1), MAX_FD)
-    if restore_signals:
-        for sig in RESTORED_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-    os.execve(argv[0], list(argv), env)
 
 
 def _fail(message: str, code: int) -> None:
@@ -93,12 +40,12 @@ def _fail(message: str, code: int) -> None:
     os._exit(code)
 
 
-def _arm_with_ctypes() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-        _fail(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}", 1)
+def load_child() -> Dict[str, Any]:
+    """hpclaunch/spawner/child.py's names, from the file itself (nothing else imported)."""
+    namespace: Dict[str, Any] = {"__name__": "hpclaunch_child", "__file__": CHILD}
+    with open(CHILD, "rb") as handle:
+        exec(compile(handle.read(), CHILD, "exec"), namespace)
+    return namespace
 
 
 def main(argv: List[str]) -> None:
@@ -116,29 +63,24 @@ def main(argv: List[str]) -> None:
     ranks = config["ranks"]
     mine = ranks[local_rank] if local_rank < len(ranks) else {}
     env.update(mine.get("env", {}))
-    if mine.get("mem_node") is not None:  # --numa_binding: hpclaunch/spawner/binding.py
-        import runpy
-
-        runpy.run_path(config["binding"])["prefer_memory_node"](mine["mem_node"])
     log_fd: Optional[int] = None
-    log_dir = config.get("log_dir")
-    if log_dir:
-        # The same name as plan.log_file_name (static mode); this file imports nothing of
-        # hpclaunch, so the formula is repeated here and a test holds the two together.
-        # Appended to: a restarted worker adds to its log.
-        rank = env.get("RANK", "unknown")
-        path = os.path.join(log_dir, f"{config['log_timestamp']}_rank{rank}.log")
+    if config.get("log_path"):
+        # The plan's per-rank log name around the rank the rendezvous assigned. Appended
+        # to: a restarted worker adds to its log.
+        head, tail = config["log_path"]
+        path = f"{head}{env.get('RANK', 'unknown')}{tail}"
         try:
             log_fd = os.open(path, _LOG_FLAGS, 0o644)
         except OSError as exc:
             _fail(f"cannot open log file {path} ({exc.strerror})", 1)
+    child = load_child()
     try:
-        become_worker(
+        child["become_worker"](
             command,
             env,
             config["agent"],
-            _arm_with_ctypes,
             cpus=mine.get("cpus") or None,
+            mem_node=mine.get("mem_node"),
             stdout_fd=log_fd,
             stderr_fd=log_fd,
         )

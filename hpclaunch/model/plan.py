@@ -1,6 +1,6 @@
 """The launch plan: what each local worker will be (argv, env, log file, cores). Pure.
 
-``--dry-run`` prints exactly this object and the supervisor consumes exactly this object, so
+``--dry-run`` prints exactly this object and the spawner consumes exactly this object, so
 what users see in a dry run is what runs. Building it does no I/O: the command is resolved
 and the log timestamp taken by the caller.
 """
@@ -17,16 +17,19 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
-    Sequence,
     TextIO,
     Tuple,
 )
 
-from hpclaunch.errors import UsageError
-from hpclaunch.world import World, is_decimal, object_json
+from hpclaunch.fast import object_json
+from hpclaunch.model.world import World
+from hpclaunch.options import LaunchOptions, OutputOptions
 
 if TYPE_CHECKING:
-    from hpclaunch.spawner.elastic.config import ElasticSetup
+    from hpclaunch.model.elastic import ElasticSetup
+
+DEFAULT_OUTPUT = OutputOptions()
+DEFAULT_LAUNCH = LaunchOptions()
 
 
 class Command(NamedTuple):
@@ -62,27 +65,63 @@ class RankSpec(NamedTuple):
 class LaunchPlan(NamedTuple):
     """This node's share of the job: what ``--dry-run`` prints and what the spawner runs.
 
-    ``log_dir``/``log_timestamp`` name the per-rank logs (elastic mode names a log by the rank
-    a rendezvous assigns, so it needs the parts, not the static paths); ``elastic`` is the
-    validated elastic setup when the workers run under torch's agent.
+    ``output`` and ``launch`` are the options it was planned with (the spawner reads them
+    here); ``output.log_dir``/``log_timestamp`` name the per-rank logs (elastic mode names a
+    log by the rank a rendezvous assigns, so it needs the parts, not the static paths);
+    ``elastic`` is the validated elastic setup when the workers run under torch's agent.
     """
 
     adapter: str
     world: World
     workers: Tuple[RankSpec, ...] = ()
-    log_dir: Optional[str] = None
-    log_timestamp: str = ""
+    command: Optional[Command] = None
+    output: OutputOptions = DEFAULT_OUTPUT
+    launch: LaunchOptions = DEFAULT_LAUNCH
     elastic: Optional[ElasticSetup] = None
 
     @property
     def host(self) -> str:
         return self.world.this_host.name
 
+    @property
+    def log_dir(self) -> Optional[str]:
+        return self.output.log_dir
+
+    @property
+    def log_timestamp(self) -> str:
+        return self.output.log_timestamp
+
+    @property
+    def prefix_output(self) -> bool:
+        """Console lines get ``[rank<R>]: ``: as asked, else when the world has 2+ ranks."""
+        prefix = self.output.prefix_output
+        return self.world.world_size > 1 if prefix is None else prefix
+
+    def banner(self) -> str:
+        """One line that says which world this node joined, for the top of a job's log."""
+        world = self.world
+        ranks = [w.rank for w in self.workers]
+        span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+        return (
+            f"{self.adapter} world: node {world.node_rank}/{world.num_nodes} ({self.host}), "
+            f"{len(ranks)} worker(s), ranks {span} of {world.world_size}, "
+            f"master {world.master_addr}:{world.master_port}, "
+            f"output: {self.log_dir if self.log_dir else 'console'}"
+        )
+
     def log_path_for(self, rank: int) -> Optional[str]:
         """Where the worker with global rank ``rank`` writes its log, if logs are on."""
         if not self.log_dir:
             return None
         return os.path.join(self.log_dir, log_file_name(self.log_timestamp, rank))
+
+    def log_path_parts(self) -> Optional[Tuple[str, str]]:
+        """``(head, tail)`` with ``head + str(rank) + tail`` a rank's log path, for a worker
+        that learns its rank only when it starts (elastic mode's shim)."""
+        if not self.log_dir:
+            return None
+        head, tail = log_file_name(self.log_timestamp, "\0").split("\0")  # no NUL in a name
+        return os.path.join(self.log_dir, head), tail
 
     def to_json(self) -> Dict[str, Any]:
         """The contract's ``--dry-run`` object (plus extra keys; nothing renamed)."""
@@ -117,6 +156,10 @@ class LaunchPlan(NamedTuple):
         if self.elastic is not None:
             shown["elastic"] = self.elastic.describe(world.run_id)
         return shown
+
+    def to_json_text(self) -> str:
+        """What ``--dry-run`` prints (without its newline): :meth:`to_json` as JSON text."""
+        return plan_json(self.to_json())
 
 
 def plan_json(shown: Mapping[str, Any]) -> str:
@@ -179,37 +222,8 @@ def worker_env(world: World, rank: int, local_rank: int) -> Dict[str, str]:
     return env
 
 
-def parse_core_list(text: str) -> Tuple[int, ...]:
-    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused."""
-    cores: List[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        if not is_decimal(lo) or (sep and not is_decimal(hi)):
-            raise UsageError(
-                f"--bind_core_list has a bad part {part!r}: use numbers and ranges like 0-7,16-23"
-            )
-        start, end = int(lo), int(hi) if sep else int(lo)
-        if end < start:
-            raise UsageError(f"--bind_core_list range {part!r} runs backwards: write it low-high")
-        cores.extend(range(start, end + 1))
-    if len(set(cores)) != len(cores):
-        raise UsageError(f"--bind_core_list {text!r} lists a core twice: list each core once")
-    return tuple(cores)
-
-
-def share_cores(cores: Sequence[int], workers: int) -> List[Tuple[int, ...]]:
-    """Even, disjoint, contiguous shares; the remainder is left idle rather than unbalanced."""
-    if workers > len(cores):
-        raise UsageError(
-            f"--bind_cores_to_rank needs at least one core per worker: {workers} workers but "
-            f"{len(cores)} core(s) to share; lower --nproc_per_node or widen --bind_core_list"
-        )
-    per = len(cores) // workers
-    return [tuple(cores[i * per : (i + 1) * per]) for i in range(workers)]
-
-
-def log_file_name(timestamp: str, rank: int) -> str:
+def log_file_name(timestamp: str, rank: object) -> str:
+    """DeepSpeed's per-rank log name."""
     return f"{timestamp}_rank{rank}.log"
 
 
@@ -217,14 +231,19 @@ def build_plan(
     adapter: str,
     world: World,
     command: Command,
-    log_dir: Optional[str] = None,
-    log_timestamp: str = "",
-    bind_cores: Optional[Sequence[int]] = None,
+    output: OutputOptions = DEFAULT_OUTPUT,
+    launch: LaunchOptions = DEFAULT_LAUNCH,
 ) -> LaunchPlan:
     """Every local worker's spec: ranks by prefix sum, env, argv, log path and cores."""
     ranks = world.global_ranks()
-    shares = share_cores(bind_cores, len(ranks)) if bind_cores is not None else None
-    plan = LaunchPlan(adapter=adapter, world=world, log_dir=log_dir, log_timestamp=log_timestamp)
+    shares = None
+    if launch.bind_cores is not None:
+        from hpclaunch.model.binding import share_cores
+
+        shares = share_cores(launch.bind_cores, len(ranks))
+    plan = LaunchPlan(
+        adapter=adapter, world=world, command=command, output=output, launch=launch
+    )
     specs = []
     for local_rank, rank in enumerate(ranks):
         env = worker_env(world, rank, local_rank)

@@ -1,21 +1,13 @@
-"""Which CPUs and which memory are nearest each worker's GPU: read from sysfs, planned purely.
+"""Which CPUs and which memory each worker gets: core shares and NUMA binding, planned purely.
 
-``--numa_binding`` needs three facts the kernel already publishes, so neither torch, NVML nor
-numactl is involved (torchrun's ``--numa-binding`` needs both torch.cuda and numactl):
+Two ways to choose a worker's CPUs, never both at once:
 
-* GPU -> PCI address -> NUMA node. NVIDIA: ``/proc/driver/nvidia/gpus/<pci>/information``
-  (``Device Minor``, ``GPU UUID``, ``Model``) and ``/sys/bus/pci/devices/<pci>/numa_node``.
-  AMD: ``/sys/class/kfd/kfd/topology/nodes/*/properties`` (``domain`` + ``location_id`` give
-  the PCI address; nodes with ``gpu_id`` 0 are CPUs), else ``/sys/class/drm/card*/device``.
-* NUMA node -> CPUs (``/sys/devices/system/node/node*/cpulist``), CPU -> socket
-  (``topology/physical_package_id``) and SMT siblings (``core_cpus_list``, older kernels
-  ``thread_siblings_list``).
-* Which memory nodes this process may use (``Mems_allowed_list`` of ``/proc/self/status``:
-  a cpuset cgroup narrows it).
-
-Everything is read below a root directory passed in ("/" for the real machine), so tests
-run on recorded trees (``tests/fixtures/topology/``); :func:`bind_plan` and the functions it
-uses are pure. The only impure entry point is :func:`bind_for_this_machine` at the bottom.
+* ``--bind_cores_to_rank`` (DeepSpeed's): :func:`share_cores` cuts the given cores into
+  even, disjoint shares, one per local worker;
+* ``--numa_binding``: :func:`bind_plan` binds each worker's CPUs and memory to the NUMA node
+  (or socket) nearest its GPU, from a :class:`Topology` that :mod:`hpclaunch.machine.topology`
+  reads from sysfs (neither torch, NVML nor numactl is involved: torchrun's
+  ``--numa-binding`` needs both torch.cuda and numactl).
 
 Device order. An index in ``CUDA_VISIBLE_DEVICES`` counts GPUs in CUDA's enumeration order.
 With ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` that is PCI bus order, which we reproduce exactly.
@@ -28,8 +20,8 @@ are taken in KFD node order, which is the order ROCm enumerates them in.
 
 from __future__ import annotations
 
-import os
 from typing import (
+    TYPE_CHECKING,
     AbstractSet,
     Dict,
     FrozenSet,
@@ -42,23 +34,11 @@ from typing import (
 )
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.plan import LaunchPlan
+from hpclaunch.model.world import is_decimal
 
-MODES = ("none", "node", "socket", "exclusive")
-
-#: Test-only: a directory to read sysfs/proc from instead of "/" (a recorded topology).
-ROOT_VAR = "HPCLAUNCH_TOPOLOGY_ROOT"
-
-
-class Gpu(NamedTuple):
-    """One GPU as the driver lists it; ``numa_node`` None when sysfs does not say (or -1)."""
-
-    vendor: str  # "NVIDIA" or "AMD"
-    pci: str  # "0000:18:00.0", lower case
-    numa_node: Optional[int]
-    minor: Optional[int] = None
-    uuid: str = ""
-    model: str = ""
+if TYPE_CHECKING:
+    from hpclaunch.machine.gpus import Gpu
+    from hpclaunch.model.plan import LaunchPlan
 
 
 class Topology(NamedTuple):
@@ -87,7 +67,40 @@ class RankBinding(NamedTuple):
     mem_node: Optional[int]
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- core shares
+
+
+def parse_core_list(text: str) -> Tuple[int, ...]:
+    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused."""
+    cores: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not is_decimal(lo) or (sep and not is_decimal(hi)):
+            raise UsageError(
+                f"--bind_core_list has a bad part {part!r}: use numbers and ranges like 0-7,16-23"
+            )
+        start, end = int(lo), int(hi) if sep else int(lo)
+        if end < start:
+            raise UsageError(f"--bind_core_list range {part!r} runs backwards: write it low-high")
+        cores.extend(range(start, end + 1))
+    if len(set(cores)) != len(cores):
+        raise UsageError(f"--bind_core_list {text!r} lists a core twice: list each core once")
+    return tuple(cores)
+
+
+def share_cores(cores: Sequence[int], workers: int) -> List[Tuple[int, ...]]:
+    """Even, disjoint, contiguous shares; the remainder is left idle rather than unbalanced."""
+    if workers > len(cores):
+        raise UsageError(
+            f"--bind_cores_to_rank needs at least one core per worker: {workers} workers but "
+            f"{len(cores)} core(s) to share; lower --nproc_per_node or widen --bind_core_list"
+        )
+    per = len(cores) // workers
+    return [tuple(cores[i * per : (i + 1) * per]) for i in range(workers)]
+
+
+# --------------------------------------------------------------------------- NUMA binding
 
 
 def parse_cpulist(text: str) -> FrozenSet[int]:
@@ -116,127 +129,6 @@ def format_cpulist(cpus: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def _read(root: str, path: str) -> Optional[str]:
-    try:
-        with open(os.path.join(root, path.lstrip("/")), encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _listdir(root: str, path: str) -> List[str]:
-    try:
-        return os.listdir(os.path.join(root, path.lstrip("/")))
-    except OSError:
-        return []
-
-
-def _fields(text: str, separator: Optional[str]) -> Dict[str, str]:
-    """``Key: value`` lines (NVIDIA, /proc status) or ``key value`` lines (KFD properties)."""
-    fields: Dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(separator) if separator else line.partition(" ")
-        if key.strip():
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def _int(text: Optional[str]) -> Optional[int]:
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
-def pci_numa_node(root: str, pci: str) -> Optional[int]:
-    """The node sysfs gives the PCI device; -1 (firmware did not say) and absent -> None."""
-    node = _int(_read(root, f"/sys/bus/pci/devices/{pci}/numa_node"))
-    return node if node is not None and node >= 0 else None
-
-
-def _pci_key(pci: str) -> Tuple[int, ...]:
-    """``"0000:18:00.0"`` -> (0, 0x18, 0, 0): numeric PCI bus order."""
-    try:
-        domain, bus, rest = pci.split(":")
-        device, function = rest.split(".")
-        return (int(domain, 16), int(bus, 16), int(device, 16), int(function, 16))
-    except ValueError:
-        return (1 << 32,)
-
-
-def nvidia_gpus(root: str, order: str) -> List[Gpu]:
-    gpus = []
-    for name in _listdir(root, "/proc/driver/nvidia/gpus"):
-        info = _fields(_read(root, f"/proc/driver/nvidia/gpus/{name}/information") or "", ":")
-        pci = name.lower()
-        gpus.append(Gpu("NVIDIA", pci, pci_numa_node(root, pci), _int(info.get("Device Minor")),
-                        info.get("GPU UUID", ""), info.get("Model", "")))
-    if order == "PCI_BUS_ID":
-        gpus.sort(key=lambda g: _pci_key(g.pci))
-    else:
-        gpus.sort(key=lambda g: (g.minor if g.minor is not None else 1 << 31, _pci_key(g.pci)))
-    return gpus
-
-
-def amd_gpus(root: str) -> List[Gpu]:
-    """KFD nodes whose ``gpu_id`` is not 0, in node order; else DRM cards of vendor 0x1002."""
-    base = "/sys/class/kfd/kfd/topology/nodes"
-    gpus = []
-    for name in sorted(_listdir(root, base), key=lambda n: _int(n) or 0):
-        if _int(_read(root, f"{base}/{name}/gpu_id")) in (None, 0):
-            continue
-        props = _fields(_read(root, f"{base}/{name}/properties") or "", None)
-        location = _int(props.get("location_id")) or 0
-        domain = _int(props.get("domain")) or 0
-        pci = (f"{domain:04x}:{location >> 8:02x}:{(location >> 3) & 0x1F:02x}."
-               f"{location & 0x7:x}")
-        node = pci_numa_node(root, pci)
-        minor = _int(props.get("drm_render_minor"))
-        if node is None and minor is not None:
-            fallback = _int(_read(root, f"/sys/class/drm/renderD{minor}/device/numa_node"))
-            node = fallback if fallback is not None and fallback >= 0 else None
-        unique = _int(props.get("unique_id"))
-        uuid = f"GPU-{unique:016x}" if unique else ""
-        gpus.append(Gpu("AMD", pci, node, minor, uuid, props.get("device_id", "")))
-    if gpus:
-        return gpus
-    cards = [n for n in _listdir(root, "/sys/class/drm") if n[:4] == "card" and n[4:].isdigit()]
-    for name in sorted(cards, key=lambda n: int(n[4:])):
-        device = f"/sys/class/drm/{name}/device"
-        if (_read(root, f"{device}/vendor") or "").strip() != "0x1002":
-            continue
-        uevent = _fields(_read(root, f"{device}/uevent") or "", "=")
-        node = _int(_read(root, f"{device}/numa_node"))
-        gpus.append(Gpu("AMD", uevent.get("PCI_SLOT_NAME", name).lower(),
-                        node if node is not None and node >= 0 else None, int(name[4:])))
-    return gpus
-
-
-def read_topology(root: str = "/", device_order: Optional[str] = None) -> Topology:
-    """Everything :func:`plan_binding` needs, read below ``root`` (no other I/O)."""
-    order = "PCI_BUS_ID" if (device_order or "").strip() == "PCI_BUS_ID" else "FASTEST_FIRST"
-    gpus = nvidia_gpus(root, order) or amd_gpus(root)
-    node_cpus: Dict[int, FrozenSet[int]] = {}
-    for name in _listdir(root, "/sys/devices/system/node"):
-        if name.startswith("node") and name[4:].isdigit():
-            text = _read(root, f"/sys/devices/system/node/{name}/cpulist")
-            node_cpus[int(name[4:])] = parse_cpulist(text or "")
-    cpu_socket: Dict[int, int] = {}
-    cpu_core: Dict[int, FrozenSet[int]] = {}
-    for cpu in sorted(set().union(*node_cpus.values()) if node_cpus else ()):
-        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-        socket = _int(_read(root, f"{topo}/physical_package_id"))
-        cpu_socket[cpu] = socket if socket is not None else 0
-        siblings = _read(root, f"{topo}/core_cpus_list") or _read(
-            root, f"{topo}/thread_siblings_list")
-        cpu_core[cpu] = parse_cpulist(siblings) if siblings else frozenset((cpu,))
-    status = _fields(_read(root, "/proc/self/status") or "", ":")
-    mems = status.get("Mems_allowed_list")
-    return Topology(tuple(gpus), node_cpus, cpu_socket, cpu_core,
-                    parse_cpulist(mems) if mems else None, order)
-
-
-# --------------------------------------------------------------------------- planning
 
 
 def resolve_device(entry: str, topology: Topology) -> Optional[Gpu]:
@@ -407,17 +299,6 @@ def worker_devices(specs: Sequence[Tuple[int, int, Mapping[str, str]]],
     return result
 
 
-def check_flags(mode: str, bind_cores_to_rank: bool, bind_core_list: Optional[str]) -> None:
-    """--numa_binding chooses CPUs by GPU; --bind_cores_to_rank/--bind_core_list share them
-    evenly (DeepSpeed's meaning, unchanged). Both at once would be two answers: refuse."""
-    if mode != "none" and (bind_cores_to_rank or bind_core_list):
-        raise UsageError(
-            f"--numa_binding {mode} and --bind_cores_to_rank/--bind_core_list both choose "
-            "each worker's CPUs: use one (narrow the CPUs with taskset or srun --cpu-bind "
-            "instead of --bind_core_list)"
-        )
-
-
 def job_visible(topology: Topology, env: Mapping[str, str]) -> Topology:
     """The GPUs CUDA enumerates inside a Slurm job whose devices are cgroup-constrained.
 
@@ -463,32 +344,3 @@ def bind_plan(plan: LaunchPlan, mode: str, topology: Topology, base_env: Mapping
         workers.append(spec._replace(cpus=bound.cpus, mem_node=bound.mem_node, env=env))
     lines = report(mode, topology, bindings, allowed, root)
     return plan._replace(workers=tuple(workers)), lines, warnings
-
-
-def bind_for_this_machine(plan: LaunchPlan, mode: str, env: Mapping[str, str]) -> LaunchPlan:
-    """The CLI's one call: read this machine (or ``$HPCLAUNCH_TOPOLOGY_ROOT``), plan, report.
-
-    The allowed CPUs are the launcher's own affinity, which Slurm's cpuset cgroup and
-    ``--cpu-bind`` or a ``taskset`` already narrowed. libc is loaded here, before any fork,
-    when a worker's memory is to be bound (see :mod:`hpclaunch.spawner.binding`).
-    """
-    from hpclaunch import reporter
-    from hpclaunch.spawner import binding
-
-    root = env.get(ROOT_VAR) or "/"
-    allowed = frozenset(os.sched_getaffinity(0))
-    topology = read_topology(root, env.get("CUDA_DEVICE_ORDER"))
-    plan, lines, warnings = bind_plan(plan, mode, topology, env, allowed, root)
-    if any(spec.mem_node is not None for spec in plan.workers):
-        why = binding.memory_binding_unavailable()  # also loads libc, before any fork
-        if why:
-            warnings.append(f"memory binding is not available here ({why}): workers' CPUs "
-                            "are bound, their memory is not")
-            plan = plan._replace(workers=tuple(s._replace(mem_node=None) for s in plan.workers))
-            lines = [line.replace(", memory node ", ", memory unbound, near node ")
-                     for line in lines]
-    out = reporter.get()
-    for warning in warnings:
-        out.warning(warning)
-    out.emit(reporter.DEBUG, lines)
-    return plan

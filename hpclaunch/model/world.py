@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import gc
 import itertools
 import json
 import operator
@@ -24,7 +22,6 @@ from typing import (
     Any,
     Dict,
     Iterable,
-    Iterator,
     List,
     Mapping,
     NamedTuple,
@@ -34,6 +31,7 @@ from typing import (
 )
 
 from hpclaunch.errors import WorldInfoError
+from hpclaunch.fast import gc_paused, object_json, plain_object_items
 
 #: Largest ``@FILE`` world_info accepted. 16,384 hosts x 8 GPUs is ~0.5 MiB of JSON; this
 #: leaves room for far bigger worlds while refusing to slurp an arbitrary file into memory.
@@ -56,10 +54,17 @@ class _WorldFields(NamedTuple):
     master_port: int
     run_id: str
     gpu_slots: bool = True
+    #: The adapter that built this World (its ``--adapter`` name); ``"api"`` for one built by
+    #: hand. The plan names it, and the launch asks that adapter for the workers' environment.
+    source: str = "api"
     #: Derived in ``World.__new__`` (never passed): the sum of all slot counts.
     world_size: int = 0
     #: Derived: the global rank of this node's local rank 0 (prefix sum of slot counts).
     first_rank: int = 0
+
+
+#: The fields a World is built from; ``world_size`` and ``first_rank`` follow from them.
+GIVEN_FIELDS = 7
 
 
 class World(_WorldFields):
@@ -67,7 +72,8 @@ class World(_WorldFields):
 
     ``gpu_slots`` says whether slot ids are GPU ids (then workers get ``CUDA_VISIBLE_DEVICES``)
     or merely process slots (CPU-only worlds). ``run_id`` is shared by every node of the job.
-    Validated when built, so no adapter can hand the spawner an impossible world. (A
+    Validated when built (``_replace`` and ``_make`` included), so no adapter can hand the
+    spawner an impossible world. (A
     NamedTuple rather than a frozen dataclass: ``dataclasses`` imports ``inspect``, which
     alone was half of the launcher's import time.) ``world_size`` and ``first_rank`` are
     computed once here: every worker's env needs them, and summing 131,072 hosts' slot
@@ -84,18 +90,47 @@ class World(_WorldFields):
         master_port: int,
         run_id: str,
         gpu_slots: bool = True,
+        source: str = "api",
     ) -> World:
         _validate_world(hosts, node_rank, master_addr, master_port)
         world_size = sum(map(len, map(_SLOTS, hosts)))
         first_rank = sum(map(len, map(_SLOTS, itertools.islice(hosts, node_rank))))
         return super().__new__(
-            cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots, world_size,
-            first_rank,
+            cls, hosts, node_rank, master_addr, master_port, run_id, gpu_slots, source,
+            world_size, first_rank,
         )
 
     def __getnewargs__(self) -> Tuple[Any, ...]:
         """Pickle and copy rebuild a World from its given fields; the derived ones follow."""
-        return tuple(self)[:6]
+        return tuple(self)[:GIVEN_FIELDS]
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> World:  # type: ignore[override]
+        """A World from its given fields (any derived ones after them are recomputed), checked
+        like every other: NamedTuple's own ``_make`` would skip ``__new__``."""
+        return cls(*tuple(iterable)[:GIVEN_FIELDS])
+
+    def _replace(self, **changes: Any) -> World:
+        """A new World with ``changes``, validated and with its derived fields recomputed
+        (NamedTuple's own ``_replace`` would keep a stale ``world_size``)."""
+        derived = sorted(set(changes) & {"world_size", "first_rank"})
+        if derived:
+            raise TypeError(f"World's {', '.join(derived)} follows from its hosts: replace those")
+        given: Dict[str, Any] = dict(zip(self._fields[:GIVEN_FIELDS], self))
+        unknown = sorted(set(changes) - set(given))
+        if unknown:
+            raise TypeError(f"World has no field(s) {', '.join(unknown)}")
+        given.update(changes)
+        return World(**given)
+
+    def from_source(self, source: str) -> World:
+        """This World as built by adapter ``source``: only that name changes, so nothing
+        that was validated is checked again (a million hosts' checks are not free)."""
+        if source == self.source:
+            return self
+        fields = list(self)
+        fields[self._fields.index("source")] = source
+        return tuple.__new__(World, fields)
 
     @property
     def num_nodes(self) -> int:
@@ -168,21 +203,10 @@ def validate_hosts(hosts: Sequence[Host]) -> None:
     (:func:`_hosts_look_valid`); only when those find something wrong does the per-host loop
     run, to name the first offending host exactly as it always has.
     """
-    global _last_valid_hosts
-    if hosts is _last_valid_hosts:
-        return
     if not hosts:
         raise WorldInfoError("the world has no hosts: world_info must name at least one host")
     if not _hosts_look_valid(hosts):
         _explain_invalid_hosts(hosts)
-    elif isinstance(hosts, tuple):
-        _last_valid_hosts = hosts
-
-
-#: The last hosts tuple that passed the fast checks. Those checks admit only str names and
-#: tuples of ints, so the object cannot have changed since: when the parser's hosts reach
-#: ``World`` the same object is not checked a second time.
-_last_valid_hosts: object = None
 
 
 def _hosts_look_valid(hosts: Sequence[Host]) -> bool:
@@ -266,17 +290,6 @@ def world_info_json(pairs: Sequence[Tuple[str, Sequence[int]]], compact: bool = 
     return object_json(map(_NAME, pairs), list(map(_SLOTS, pairs)), compact)
 
 
-def object_json(names: Iterable[str], slot_column: List[Sequence[int]], compact: bool) -> str:
-    """:func:`world_info_json` over two columns (a dict's keys and values, or hosts')."""
-    item_sep, key_sep = (",", ":") if compact else (", ", ": ")
-    encoded: Dict[int, str] = {}
-    for slots in {id(slots): slots for slots in slot_column}.values():
-        encoded[id(slots)] = json.dumps(list(slots), separators=(item_sep, key_sep))
-    quoted = map(json.encoder.encode_basestring_ascii, names)
-    texts = map(encoded.__getitem__, map(id, slot_column))
-    return "{" + item_sep.join(map(("{}" + key_sep + "{}").format, quoted, texts)) + "}"
-
-
 def _reject_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
     result = dict(pairs)
     if len(result) == len(pairs):
@@ -289,69 +302,39 @@ def _reject_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]
     raise AssertionError("unreachable: a shorter dict means a repeated key")
 
 
-#: The shape nearly every world_info has: an object of plain names (no escapes) mapping to
-#: lists of integers, JSON whitespace only. Matched in C without building a list per host.
-#: Kept as strings: ``re`` compiles (and caches) them on first use, so a start that parses
-#: no world_info does not pay for them.
-_WS = r"[ \t\n\r]*"
-_PLAIN_NAME = r'"([^"\\\x00-\x1f]*)"' + _WS + ":" + _WS
-_PLAIN_SLOTS = r"(\[[ \t\n\r0-9,\-]*\])"
-_PLAIN_ITEM = _PLAIN_NAME + _PLAIN_SLOTS
+def _parse_plain_world_info(text: str, validate: bool) -> Optional[Tuple[Host, ...]]:
+    """The hosts of a plain world_info (:func:`hpclaunch.fast.plain_object_items`), or None
+    to let :func:`json.loads` decide.
 
-
-def _is_object_of(item: str, text: str) -> bool:
-    """Whether ``text`` is exactly a JSON object of one or more ``item``s.
-
-    Removes every ``item`` that is followed by a comma and the next name, or by the closing
-    brace, and looks at what is left: only the braces must be. (One ``fullmatch`` of a
-    repeated group would keep a backtracking record per host, 40 MiB for a million ranks.)
+    Gives exactly what the general path gives, or None: each distinct slot list is read by
+    ``json.loads`` itself, and a world that is not valid (a repeated name, a bad slot) goes
+    the general way for its message when ``validate`` asks for the parser's checks.
     """
-    unit = item + _WS + "(?:," + _WS + '(?=")|(?=' + _WS + r"\}))"
-    left = re.sub(unit, "", text)
-    return re.fullmatch(_WS + r"\{" + _WS + r"\}" + _WS, left) is not None
-
-
-def _parse_plain_world_info(text: str) -> Optional[Tuple[Host, ...]]:
-    """The hosts of a plain world_info, or None to let :func:`json.loads` decide.
-
-    Gives exactly what the general path gives, or None: names without escapes are their own
-    JSON value, each distinct slot list is read by ``json.loads`` itself, and any world
-    that is not valid (a repeated name, a bad slot) goes the general way for its message.
-    When every host lists the same slots (the usual case) only the names are extracted.
-    """
-    first = re.search(_PLAIN_ITEM, text)
-    if first is None:
-        return None
-    same_slots = _PLAIN_NAME + re.escape(first.group(2))
-    with _gc_paused():
-        if _is_object_of(same_slots, text):
-            names = re.findall(same_slots, text)
-            slot_texts: List[str] = [first.group(2)] * len(names)
-        elif _is_object_of(_PLAIN_NAME + _PLAIN_SLOTS, text):
-            items = re.findall(_PLAIN_ITEM, text)
-            names = list(map(_NAME, items))
-            slot_texts = list(map(_SLOTS, items))
-            del items
-        else:
+    with gc_paused():
+        items = plain_object_items(text)
+        if items is None:
             return None
+        names, slot_texts = items
         try:
             parsed = {t: tuple(json.loads(t)) for t in set(slot_texts)}
         except ValueError:
             return None
         pairs = zip(names, map(parsed.__getitem__, slot_texts))
         hosts = tuple(map(tuple.__new__, itertools.repeat(Host), pairs))
-    return hosts if _hosts_look_valid(hosts) else None
+    return hosts if not validate or _hosts_look_valid(hosts) else None
 
 
-def parse_world_info_json(text: str) -> Tuple[Host, ...]:
-    """Parse the JSON form. Keeps the object's order; refuses duplicate hosts."""
-    plain = _parse_plain_world_info(text)
+def parse_world_info_json(text: str, validate: bool = True) -> Tuple[Host, ...]:
+    """Parse the JSON form. Keeps the object's order; refuses duplicate hosts.
+
+    ``validate=False`` leaves the hosts' checks to the :class:`World` built from them (the
+    explicit adapter's way: a million-host world is then checked once, not twice).
+    """
+    plain = _parse_plain_world_info(text, validate)
     if plain is not None:
-        global _last_valid_hosts
-        _last_valid_hosts = plain
         return plain
     try:
-        with _gc_paused():
+        with gc_paused():
             obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except WorldInfoError:
         raise
@@ -371,27 +354,14 @@ def parse_world_info_json(text: str) -> Tuple[Host, ...]:
                     f"world_info host {name!r} maps to {slots!r}: it must map to a list of "
                     "slot ids"
                 )
-    with _gc_paused():
+    with gc_paused():
         hosts = hosts_from_mapping(obj)
-    validate_hosts(hosts)
+    if validate:
+        validate_hosts(hosts)
     return hosts
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while a big world is parsed: json.loads and the Host tuples allocate
-    hundreds of thousands of containers, none of them in a cycle, and the collector would
-    walk the growing heap again and again (a third of a million-rank parse)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def decode_world_info(value: str) -> Tuple[Host, ...]:
+def decode_world_info(value: str, validate: bool = True) -> Tuple[Host, ...]:
     """Decode the base64 form (standard or urlsafe alphabet, padding optional)."""
     compact = "".join(value.split())
     if not compact:
@@ -412,14 +382,14 @@ def decode_world_info(value: str) -> Tuple[Host, ...]:
         raise WorldInfoError(
             "world_info decodes to bytes that are not UTF-8 JSON: pass base64 of a JSON object"
         ) from None
-    return parse_world_info_json(text)
+    return parse_world_info_json(text, validate)
 
 
-def parse_world_info_text(text: str) -> Tuple[Host, ...]:
+def parse_world_info_text(text: str, validate: bool = True) -> Tuple[Host, ...]:
     """Plain JSON (starts with ``{``) or base64, as either may sit in an ``@FILE``."""
     if not re.match(r"\s*[{\[]", text):
-        return decode_world_info(text)
-    return parse_world_info_json(_without_foreign_space(text))
+        return decode_world_info(text, validate)
+    return parse_world_info_json(_without_foreign_space(text), validate)
 
 
 def _without_foreign_space(text: str) -> str:

@@ -1,26 +1,18 @@
-"""Elastic mode's pure half: options, node bounds, rendezvous settings, the worker command.
+"""Elastic mode's pure half: node bounds, rendezvous settings, the worker command.
 
-Everything here is decided before anything is spawned and does no I/O beyond asking
-whether torch is importable, so ``--dry-run`` in elastic mode and the unit tests need
-neither torch nor a process. :mod:`hpclaunch.spawner.elastic.launcher` runs what this describes.
+Everything here is decided before anything is spawned and does no I/O, so ``--dry-run`` in
+elastic mode and the unit tests need neither torch nor a process.
+:mod:`hpclaunch.spawner.elastic.launcher` runs what this describes.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import math
-import os
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from hpclaunch.errors import UsageError
-from hpclaunch.spawner.plan import Command, LaunchPlan, worker_argv
-from hpclaunch.world import World, is_decimal
-
-#: Restarts when ``--max_restarts`` is not given in elastic mode: LaunchConfig's default.
-#: (torchrun's is 0, but a job that cannot restart gains little from the agent.)
-DEFAULT_MAX_RESTARTS = 3
+from hpclaunch.model.plan import Command, LaunchPlan, worker_argv
+from hpclaunch.model.world import World, is_decimal
+from hpclaunch.options import ElasticOptions
 
 #: Variables torch's agent sets for each worker after each rendezvous; the plan's static
 #: values for them would be wrong as soon as the world changes.
@@ -38,38 +30,7 @@ RENDEZVOUS_KEYS = (
     "keep_alive_interval", "keep_alive_max_attempt", "read_timeout", "is_host",
 )
 
-#: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
-#: the workers and exit before the launcher kills everything itself.
-AGENT_GRACE_SECONDS = 2.0
-
-#: See run_elastic: makes rank 0's worker host a new store for each attempt.
-SHARED_STORE_KNOB = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
-
-WORKER_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
-
-
-@dataclass(frozen=True)
-class ElasticOptions:
-    """What elastic mode adds to a plan. ``-1`` node bounds mean the world's node count.
-
-    ``rendezvous_conf`` is ``--rdzv_conf`` as given (``key=value,...``), validated by
-    :func:`parse_rendezvous_conf`.
-    """
-
-    #: The workers' command; :func:`hpclaunch.plan` fills it in from its own ``command``.
-    command: Optional[Command] = None
-    min_nodes: int = -1
-    max_nodes: int = -1
-    max_restarts: Optional[int] = None
-    rendezvous_conf: Optional[str] = None
-
-    @property
-    def restarts(self) -> int:
-        return DEFAULT_MAX_RESTARTS if self.max_restarts is None else self.max_restarts
-
-
-@dataclass(frozen=True)
-class ElasticSetup:
+class ElasticSetup(NamedTuple):
     """Everything the agent needs, validated before anything is spawned."""
 
     min_nodes: int
@@ -160,8 +121,8 @@ def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
     if options.restarts < 0:
         raise UsageError(f"--max_restarts {options.restarts} must be >= 0")
     conf = parse_rendezvous_conf(options.rendezvous_conf)
-    if options.command is None:
-        raise UsageError("elastic options need the workers' command (ElasticOptions.command)")
+    if plan.command is None:
+        raise UsageError("elastic mode needs the workers' command: plan it with hpclaunch.plan")
     # The node with rank 0 hosts the rendezvous store, as it hosts rank 0 in static mode;
     # torch's own guess (does master_addr name this machine?) fails behind NAT or aliases.
     conf.setdefault("is_host", "true" if world.node_rank == 0 else "false")
@@ -173,7 +134,7 @@ def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
         max_restarts=options.restarts,
         endpoint=f"{host}:{world.master_port}",
         rendezvous_conf=conf,
-        argv=worker_argv_template(options.command),
+        argv=worker_argv_template(plan.command),
         nproc_per_node=len(plan.workers),
     )
 
@@ -181,37 +142,3 @@ def elastic_setup(plan: LaunchPlan, options: ElasticOptions) -> ElasticSetup:
 def describe(plan: LaunchPlan, options: ElasticOptions) -> Dict[str, Any]:
     """The ``elastic`` key of ``--dry-run`` for ``options`` applied to ``plan``."""
     return elastic_setup(plan, options).describe(plan.world.run_id)
-
-
-def shutdown_timeout(kill_timeout: float) -> int:
-    """torch's TERM -> KILL wait for workers, in whole seconds: ``--kill_timeout``, rounded up."""
-    return int(math.ceil(kill_timeout))
-
-
-def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
-    """worker.py's JSON: per local rank the plan's fixed variables and cores."""
-    ranks = []
-    for spec in plan.workers:
-        env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
-        ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
-                      "mem_node": spec.mem_node})
-    spawner_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return json.dumps(
-        {
-            "agent": agent_pid,
-            "ranks": ranks,
-            "log_dir": plan.log_dir or None,
-            "log_timestamp": plan.log_timestamp,
-            "binding": os.path.join(spawner_dir, "binding.py"),
-        },
-        separators=(",", ":"),
-    )
-
-
-def require_torch() -> None:
-    """Fail as a usage error (exit 2, nothing spawned) if torch is absent; imports nothing."""
-    if importlib.util.find_spec("torch") is None:
-        raise UsageError(
-            "--enable_elastic_training needs torch in this Python: pip install torch "
-            "(or run without elastic mode)"
-        )

@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 if TYPE_CHECKING:
-    from hpclaunch.spawner.console import Console
+    from hpclaunch.spawner.output.console import Console
 
 #: An unfinished line longer than this is written out rather than held.
 MAX_LINE = 1 << 20

@@ -1,23 +1,15 @@
-"""The launcher's console: non-blocking writes, and how workers' output is wired to it.
+"""The launcher's console: ordered, non-blocking writes to its own stdout and stderr.
 
-Two halves, one concern -- what a user sees and what can never stall the launcher:
-
-* :class:`Console` owns the launcher's stdout and stderr. It writes through its own
-  non-blocking descriptors (a pipe or terminal is reopened via ``/proc/self/fd``, so the
-  ``O_NONBLOCK`` never leaks into the shared file description workers and the shell use),
-  queues what the console cannot take now, in order, and flushes it when the event loop says
-  the console is writable. A console that stops reading therefore never blocks signal
-  handling, fail-fast or teardown; once :data:`CONSOLE_BUFFER` bytes are queued the relay
-  stops reading workers' pipes (back-pressure), so memory stays bounded and workers block
-  on their own writes, as they would on a slow terminal. A closed or broken console
-  (``2>&-``, ``| head -1``, a dead ``tee``) costs the output, never the launch.
-* :func:`spawn_with_output` gives each worker its stdout/stderr: its per-rank log file;
-  one pseudo-terminal per worker when the launcher's console is a terminal (so colour and
-  live progress bars stay on, ``isatty()`` is true, and stdout+stderr keep the order the
-  rank wrote them); one pipe for both streams when the launcher's stdout and stderr are the
-  same file (``>log 2>&1``, Slurm's default), so the kernel keeps the rank's order; a pipe
-  per stream otherwise. Ranks hidden by ``--ranks_filter`` still get a pipe: the relay keeps
-  the end of their output for the failure summary and shows none of it.
+:class:`Console` writes through its own non-blocking descriptors (a pipe or terminal is
+reopened via ``/proc/self/fd``, so the ``O_NONBLOCK`` never leaks into the shared file
+description workers and the shell use), queues what the console cannot take now, in order,
+and flushes it when the event loop says the console is writable. A console that stops
+reading therefore never blocks signal handling, fail-fast or teardown; once
+:data:`CONSOLE_BUFFER` bytes are queued the relay stops reading workers' pipes
+(back-pressure), so memory stays bounded and workers block on their own writes, as they
+would on a slow terminal. A closed or broken console (``2>&-``, ``| head -1``, a dead
+``tee``) costs the output, never the launch. How each worker's output reaches it is
+:mod:`hpclaunch.spawner.output.wiring`.
 """
 
 from __future__ import annotations
@@ -28,28 +20,8 @@ import selectors
 import stat
 import time
 from collections import deque
-from typing import (
-    TYPE_CHECKING,
-    Callable,
-    Deque,
-    Dict,
-    FrozenSet,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
 
-if TYPE_CHECKING:
-    from hpclaunch.spawner.plan import RankSpec
-    from hpclaunch.spawner.relay import OutputRelay
-
-#: Descriptors the launcher holds per worker while it runs (a pty leader or up to two pipe
-#: read ends); the preflight fd budget multiplies this by the number of workers.
-FDS_PER_WORKER = 2
 #: Console bytes queued before the relay stops reading workers' pipes (back-pressure).
 CONSOLE_BUFFER = 4 << 20
 #: After the workers are done: give up on a console that has taken nothing for this long.
@@ -277,124 +249,3 @@ class Console:
     def _unique(self) -> List[_Sink]:
         out, err = self.sinks[1], self.sinks[2]
         return [out] if out is err else [out, err]
-
-
-_console: Optional[Console] = None
-
-
-def get() -> Console:
-    """The process's console, opened on first use."""
-    global _console
-    if _console is None:
-        _console = Console()
-    return _console
-
-
-def close() -> None:
-    """Flush (bounded by :data:`FLUSH_STALL_SECONDS` of no progress) and close the console."""
-    global _console
-    if _console is not None:
-        _console.close()
-        _console = None
-
-
-# ---------------------------------------------------------------------- workers' side
-
-
-class OutputOptions(NamedTuple):
-    """What the user asked for: per-rank logs, prefixes, and which ranks to show."""
-
-    log_fds: Mapping[str, int] = {}
-    prefix_output: bool = True
-    ranks_filter: Optional[FrozenSet[int]] = None
-    #: ``--no_prefix``: shown workers write to the console directly (no relay, no tail).
-    raw_output: bool = False
-
-
-#: ``spawn_worker(spec, env, stdout_fd, stderr_fd) -> (pid, exec error)``
-SpawnFn = Callable[
-    ["RankSpec", Mapping[str, str], Optional[int], Optional[int]], Tuple[int, str]
-]
-
-
-class Layout:
-    """How the launcher's own stdout/stderr look, decided once per launch."""
-
-    def __init__(self) -> None:
-        self.same_file = same_file(1, 2)
-        self.tty = {fd: os.isatty(fd) for fd in (1, 2)}
-        self._winsize: Dict[int, bytes] = {}
-
-    def open_channel(self, fd: int) -> Tuple[int, int]:
-        """(launcher's end, worker's end): a pty when ``fd`` is a terminal, else a pipe."""
-        if not self.tty[fd]:
-            return os.pipe()
-        import fcntl
-        import termios
-
-        if fd not in self._winsize:
-            try:
-                self._winsize[fd] = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-            except OSError:
-                self._winsize[fd] = b""
-        leader, follower = os.openpty()
-        try:
-            attrs = termios.tcgetattr(follower)
-            attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the launcher's terminal does it
-            termios.tcsetattr(follower, termios.TCSANOW, attrs)
-            if self._winsize[fd]:
-                fcntl.ioctl(follower, termios.TIOCSWINSZ, self._winsize[fd])
-        except BaseException:
-            os.close(leader)
-            os.close(follower)
-            raise
-        return leader, follower
-
-
-def worker_output_env(env: Mapping[str, str]) -> Mapping[str, str]:
-    """``PYTHONUNBUFFERED=1`` (as ``srun -u``) unless the user set it: a worker's own
-    Python children would otherwise hold their output in a block buffer on a pipe."""
-    if "PYTHONUNBUFFERED" in env:
-        return env
-    return {**env, "PYTHONUNBUFFERED": "1"}
-
-
-def spawn_with_output(
-    spawn: SpawnFn,
-    spec: RankSpec,
-    env: Mapping[str, str],
-    options: OutputOptions,
-    layout: Layout,
-    relay: OutputRelay,
-) -> Tuple[int, str]:
-    """Start one worker with its stdout/stderr wired as the module docstring says."""
-    env = worker_output_env(env)
-    if spec.log_path:
-        log_fd = options.log_fds[spec.log_path]
-        return spawn(spec, env, log_fd, log_fd)
-    shown = options.ranks_filter is None or spec.rank in options.ranks_filter
-    if shown and options.raw_output:
-        return spawn(spec, env, None, None)
-    prefix = f"[rank{spec.rank}]: ".encode() if options.prefix_output else b""
-    # (launcher's end, worker's end, worker fds it becomes, console target or None)
-    channels: List[Tuple[int, int, Tuple[int, ...], Optional[int]]] = []
-    try:
-        if not shown:
-            channels.append((*os.pipe(), (1, 2), None))
-        elif layout.same_file:
-            channels.append((*layout.open_channel(1), (1, 2), 1))
-        else:
-            channels.append((*layout.open_channel(1), (1,), 1))
-            channels.append((*layout.open_channel(2), (2,), 2))
-        out = next(c[1] for c in channels if 1 in c[2])
-        err = next(c[1] for c in channels if 2 in c[2])
-        pid, error = spawn(spec, env, out, err)
-    except BaseException:
-        for leader, follower, _, _ in channels:
-            os.close(leader)
-            os.close(follower)
-        raise
-    for leader, follower, _, target in channels:
-        os.close(follower)
-        relay.add(leader, spec.rank, prefix, target)
-    return pid, error

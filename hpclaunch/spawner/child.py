@@ -1,0 +1,145 @@
+"""What every worker runs between fork and exec, static or elastic: standard library only.
+
+Static workers run :func:`become_worker` in the launcher's forked child; elastic workers run
+it in :mod:`hpclaunch.spawner.elastic.worker`, the shim torch's agent starts, which loads
+this file by path (``python -I -S``: no site-packages, no hpclaunch package import). So the
+two setups cannot drift apart, and this module imports nothing but the standard library.
+
+Also here, because both the launcher and those children use them: the ``prctl`` options,
+the one libc loader, the signals to restore, the descriptor ceiling, and the NUMA memory
+policy call.
+
+Memory policy: ``MPOL_PREFERRED`` on the GPU's node, not ``MPOL_BIND``. Preferred puts every
+page on the near node while it has room and falls back to the others when it is full; bind
+would turn a full node into an OOM kill of the rank. There is no glibc wrapper for
+``set_mempolicy`` (it is libnuma's), so it is called through ``syscall(2)`` by number.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import cache
+from typing import Any, Mapping, Optional, Sequence
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
+MAX_FD = 1 << 30
+
+#: Python ignores these at start-up and an ignored disposition survives exec: without a
+#: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+#: set_mempolicy(2) by machine: x86_64 and the generic table (aarch64, riscv64, loongarch64)
+SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "arm64": 237, "riscv64": 237,
+                     "loongarch64": 237, "ppc64le": 261, "ppc64": 261, "s390x": 270}
+#: get_mempolicy(2), used once in the launcher to learn whether memory policy calls are allowed
+SYS_GET_MEMPOLICY = {"x86_64": 239, "aarch64": 236, "arm64": 236, "riscv64": 236,
+                     "loongarch64": 236, "ppc64le": 260, "ppc64": 260, "s390x": 269}
+MPOL_PREFERRED = 1
+
+
+@cache
+def libc() -> Any:
+    """libc through ctypes, loaded once. The launcher loads it before it forks: a child
+    between fork and exec must not run the dynamic loader."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, value: int) -> None:
+    lib = libc()
+    if lib.prctl(option, value, 0, 0, 0) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def arm_death_signal() -> None:
+    """Die by SIGKILL when the forking thread's process dies. A plain 9, not
+    ``signal.SIGKILL``: no enum work between fork and exec."""
+    prctl(PR_SET_PDEATHSIG, 9)
+
+
+def become_worker(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    parent: int,
+    cpus: Optional[Sequence[int]] = None,
+    mem_node: Optional[int] = None,
+    stdout_fd: Optional[int] = None,
+    stderr_fd: Optional[int] = None,
+    keep_fd: Optional[int] = None,
+    new_session: bool = False,
+) -> None:
+    """The worker's own setup, then exec the command in place. Returns only by raising.
+
+    Kept to syscalls, in this order: own session (static: the worker's PID is its group, so
+    teardown signals the group); death signal, then a check that ``parent`` did not die
+    before it was armed; cores and memory node; stdout/stderr; with ``keep_fd`` set, every
+    descriptor but 0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's
+    ``close_fds=True`` (an MPI process manager's pipes are not the worker's); default
+    SIGPIPE/SIGXFSZ; exec.
+    """
+    if new_session:
+        os.setsid()
+    arm_death_signal()
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the death signal was armed: nobody wants us
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if mem_node is not None:
+        prefer_memory_node(mem_node)
+    if stdout_fd is not None:
+        os.dup2(stdout_fd, 1)
+    if stderr_fd is not None:
+        os.dup2(stderr_fd, 2)
+    if keep_fd is not None:
+        if keep_fd > 3:
+            os.closerange(3, keep_fd)
+        os.closerange(max(3, keep_fd + 1), MAX_FD)
+    for sig in RESTORED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    os.execve(argv[0], list(argv), env)
+
+
+def prefer_memory_node(node: int) -> None:
+    """This process's (and, after exec, the program's) pages go to ``node`` first."""
+    import ctypes
+
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    words = node // bits + 2
+    mask = (ctypes.c_ulong * words)()
+    mask[node // bits] = 1 << (node % bits)
+    # The kernel reads maxnode - 1 bits (a long-standing quirk numactl also works around),
+    # so passing the array's full width keeps ``node`` inside what it reads.
+    number = SYS_SET_MEMPOLICY[os.uname().machine]
+    result = libc().syscall(ctypes.c_long(number), ctypes.c_int(MPOL_PREFERRED), mask,
+                            ctypes.c_ulong(words * bits))
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"set_mempolicy(MPOL_PREFERRED, node {node}): {os.strerror(err)}")
+
+
+def memory_binding_unavailable() -> str:
+    """Why memory cannot be bound here ("" when it can). Called in the launcher, not a child.
+
+    Containers often refuse the NUMA syscalls (Docker's default seccomp profile allows them
+    only with CAP_SYS_NICE): asking once with a harmless ``get_mempolicy`` finds that out
+    before any worker starts, so the workers' CPUs are still bound and the job still runs.
+    Loads libc, before any fork, as a side effect.
+    """
+    machine = os.uname().machine
+    if machine not in SYS_SET_MEMPOLICY or machine not in SYS_GET_MEMPOLICY:
+        return f"set_mempolicy's number on {machine} is not known to hpclaunch"
+    import ctypes
+
+    mode = ctypes.c_int(0)
+    if libc().syscall(ctypes.c_long(SYS_GET_MEMPOLICY[machine]), ctypes.byref(mode), None,
+                      ctypes.c_ulong(0), None, ctypes.c_ulong(0)) != 0:
+        return f"get_mempolicy failed: {os.strerror(ctypes.get_errno())}"
+    return ""

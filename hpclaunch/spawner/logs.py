@@ -1,0 +1,115 @@
+"""Per-rank log files (``--enable_each_rank_log DIR``), created before any worker starts.
+
+Each is opened with ``O_CREAT|O_EXCL|O_NOFOLLOW``: a symlink planted at the path is refused,
+never written through, and no file is world-writable or overwritten.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional
+
+from hpclaunch.errors import SpawnError
+
+#: How a launch's own files are created: new, never through a symlink, not inherited.
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def make_log_dir(directory: str) -> None:
+    """Create the log directory (DeepSpeed's runner expects that) or fail as bad input."""
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SpawnError(
+            f"cannot create log directory {directory} ({exc.strerror}): pass a writable "
+            "--enable_each_rank_log DIR"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SpawnError(
+            f"log directory {directory} is not writable: pass a writable --enable_each_rank_log DIR"
+        )
+
+
+#: How many other names to try when a rank's log name is taken (``..._rank0.1.log`` on).
+LOG_NAME_TRIES = 1000
+
+
+class LogFile(NamedTuple):
+    """A rank's open log: its descriptor and the name it really got."""
+
+    fd: int
+    path: str
+
+
+def open_log_files(paths: Iterable[str]) -> Dict[str, LogFile]:
+    """Create every rank's log before any worker starts, so a bad log dir spawns nothing.
+
+    Keyed by the plan's name (DeepSpeed's ``<timestamp>_rank<R>.log``). If another launch
+    already took that name (a Slurm job array sharing the directory, started in the same
+    second), the log gets the first free ``<timestamp>_rank<R>.<n>.log``: never overwritten,
+    never followed through a planted symlink (refused). On failure nothing is left behind.
+    """
+    logs: Dict[str, LogFile] = {}
+    try:
+        for path in paths:
+            make_log_dir(os.path.dirname(path) or ".")
+            logs[path] = _create_log(path)
+    except BaseException:
+        close_all(log.fd for log in logs.values())
+        for log in logs.values():
+            try:
+                os.unlink(log.path)
+            except OSError:
+                pass
+        raise
+    return logs
+
+
+def _create_log(path: str) -> LogFile:
+    stem, ext = os.path.splitext(path)
+    candidate = path
+    for attempt in range(1, LOG_NAME_TRIES + 1):
+        try:
+            return LogFile(os.open(candidate, CREATE, 0o644), candidate)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST and not os.path.islink(candidate):
+                candidate = f"{stem}.{attempt}{ext}"
+                continue
+            raise SpawnError(f"cannot create log file {candidate} ({_why(exc)})") from None
+    raise SpawnError(
+        f"cannot create log file {path}: it and {LOG_NAME_TRIES} numbered variants already "
+        "exist; pass a clean --enable_each_rank_log DIR"
+    )
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno in (errno.EEXIST, errno.ELOOP):
+        return "it is a symlink: pass a clean --enable_each_rank_log DIR"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "too many open files: raise 'ulimit -n'"
+    return f"{exc.strerror or exc}: pass a writable --enable_each_rank_log DIR"
+
+
+def close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def tail_lines(path: Optional[str], count: int = 20, max_bytes: int = 64 * 1024) -> List[str]:
+    """The last ``count`` lines of a log, reading at most ``max_bytes`` from its end."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-count:]

@@ -1,0 +1,1 @@
+"""Workers' output: the launcher's console, how each worker is wired to it, and the relay."""
