@@ -12,36 +12,47 @@ the spawner's modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 if TYPE_CHECKING:
     from hpclaunch.model.plan import LaunchPlan
     from hpclaunch.reporter import Reporter
+    from hpclaunch.spawner.events import Events
     from hpclaunch.spawner.output.console import Console
     from hpclaunch.spawner.report import Outcome
 
 
 def run(
-    plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter, console: Console
+    plan: LaunchPlan,
+    base_env: Mapping[str, str],
+    reporter: Reporter,
+    console: Console,
+    events: Optional[Events] = None,
 ) -> Outcome:
     """Run the plan's workers to the end: static mode here, elastic mode under torch's agent.
 
     ``base_env`` is what workers inherit before the plan's own variables; ``reporter``
     speaks for the launcher (through ``console`` while workers run, so its lines stay in
-    order with theirs).
+    order with theirs); ``events`` records what happens (default: nothing is kept).
     """
     from hpclaunch.spawner import preflight
+    from hpclaunch.spawner.events import NoEvents
 
     preflight.check(plan)
+    record = events if events is not None else NoEvents()
     if plan.elastic is not None:
         from hpclaunch.spawner.elastic.launcher import run_elastic
 
-        return run_elastic(plan, base_env, reporter)
-    return _run_static(plan, base_env, reporter, console)
+        return run_elastic(plan, base_env, reporter, record)
+    return _run_static(plan, base_env, reporter, console, record)
 
 
 def _run_static(
-    plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter, console: Console
+    plan: LaunchPlan,
+    base_env: Mapping[str, str],
+    reporter: Reporter,
+    console: Console,
+    events: Events,
 ) -> Outcome:
     from hpclaunch.spawner import logs
     from hpclaunch.spawner.guard import launch_guard
@@ -51,7 +62,7 @@ def _run_static(
     with launch_guard(plan.launch.pid_file) as guard:
         try:
             log_files = logs.open_log_files(s.log_path for s in plan.workers if s.log_path)
-            supervisor = Supervisor(plan, base_env, log_files, guard, reporter, console)
+            supervisor = Supervisor(plan, base_env, log_files, guard, reporter, console, events)
             reporter.info(plan.banner())
             supervisor.handle_signals(guard.inbox.drain())  # a signal before the first spawn
             supervisor.start_all()

@@ -23,6 +23,7 @@ from typing import AbstractSet, FrozenSet, List, Optional, Sequence, Set
 
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import tree
+from hpclaunch.spawner.events import Events, NoEvents
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
@@ -42,10 +43,13 @@ class TreeSupervisor:
         kill_timeout: float,
         reporter: Reporter,
         helpers: AbstractSet[int] = frozenset(),
+        events: Events = NoEvents(),  # noqa: B008 - stateless
     ) -> None:
         self.inbox = inbox
         #: The launcher's one voice (info: what happens to the job; debug: every signal).
         self.reporter = reporter
+        #: The job's record (event log, metrics); see :mod:`hpclaunch.spawner.events`.
+        self.events = events
         #: The launcher's own helper processes that are its children (the watchdog, when the
         #: launcher is PID 1 of a namespace): never a worker, never a leftover, and not what
         #: "no children left" waits for.

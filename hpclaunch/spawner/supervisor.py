@@ -16,6 +16,7 @@ from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.child import become_worker
+from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
@@ -106,8 +107,9 @@ class Supervisor(TreeSupervisor):
         guard: LaunchGuard,
         reporter: Reporter,
         console: Console,
+        events: Events,
     ) -> None:
-        super().__init__(guard.inbox, plan.launch.kill_timeout, reporter, guard.helpers)
+        super().__init__(guard.inbox, plan.launch.kill_timeout, reporter, guard.helpers, events)
         self.plan = plan
         self.base_env = base_env
         self.tree_token = guard.token

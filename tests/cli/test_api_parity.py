@@ -80,7 +80,8 @@ CASES: Dict[str, Any] = {
     ),
     "elastic rendezvous setting": (
         ["--enable_elastic_training", "--rdzv_conf", "join_timeout=soon", *TWO_RANKS],
-        lambda: two_rank_plan(elastic=hpclaunch.ElasticOptions(rendezvous_conf="join_timeout=soon")),
+        lambda: two_rank_plan(
+            elastic=hpclaunch.ElasticOptions(rendezvous_conf="join_timeout=soon")),
     ),
 }
 

@@ -42,6 +42,7 @@ from hpclaunch.spawner.elastic.agent import (
     fork_agent,
     shutdown_timeout,
 )
+from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
@@ -77,9 +78,10 @@ class _ElasticSupervisor(TreeSupervisor):
         inbox: SignalInbox,
         agent: int,
         result_fd: int,
-        helpers: AbstractSet[int] = frozenset(),
+        helpers: AbstractSet[int],
+        events: Events,
     ) -> None:
-        super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers)
+        super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers, events)
         self.plan = plan
         self.setup = setup
         self.agent = agent
@@ -252,7 +254,9 @@ class _ElasticSupervisor(TreeSupervisor):
         )
 
 
-def run_elastic(plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter) -> Outcome:
+def run_elastic(
+    plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter, events: Events
+) -> Outcome:
     """Run this node's share of an elastic job to an Outcome (the contract's exit status).
 
     The same call and result as static mode's :func:`hpclaunch.spawner.run`, for a plan that
@@ -298,7 +302,7 @@ def run_elastic(plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporte
                 f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
             )
             supervisor = _ElasticSupervisor(
-                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers
+                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events
             )
             supervisor.handle_signals([])
             supervisor.loop()
