@@ -132,6 +132,7 @@ def test_a_100_mb_flood_arrives_whole(logs: bool, tmp_path: Path) -> None:
         assert counts == {b"[rank0]: ": 1_000_000, b"[rank1]: ": 1_000_000}
 
 
+@pytest.mark.root
 def test_a_full_log_disk_is_a_worker_failure_not_a_launcher_crash(tmp_path: Path) -> None:
     disk = tmp_path / "small"
     disk.mkdir()
