@@ -261,7 +261,7 @@ def choose_form(args: argparse.Namespace, hostname: str) -> Tuple[Form, List[str
             host, port = _endpoint(endpoint, -1)
         else:
             host, port = args.master_addr, 29500 if args.master_port is None else args.master_port
-        if args.rdzv_conf:
+        if args.rdzv_conf and not args.max_restarts:
             notes.append(
                 f"--rdzv-conf {args.rdzv_conf} is not used by the static form (hpclaunch's "
                 "nodes do not rendezvous)"
