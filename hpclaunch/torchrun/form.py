@@ -12,35 +12,39 @@ same forms):
   ``PET_*``): hpclaunch's own spawner, the world of
   :class:`~hpclaunch.adapters.torchrun.TorchrunAdapter`;
 * **rendezvous** -- ``--nnodes MIN:MAX``/``--rdzv-backend c10d`` (and any form with
-  ``--max-restarts`` above 0, which needs torch's agent to restart the worker group): hpclaunch's
-  elastic mode (:mod:`hpclaunch.spawner.elastic`), torch's agent under hpclaunch's launcher.
+  ``--max-restarts`` above 0, which needs torch's agent to restart the worker group):
+  hpclaunch's elastic mode (:mod:`hpclaunch.spawner.elastic`), torch's agent under
+  hpclaunch's launcher.
 
 Every flag whose meaning cannot be kept is either refused (:class:`UsageError`, exit 2,
-nothing started) or accepted with a note saying what hpclaunch does instead; docs/cli.md
-lists each flag's status.
+nothing started) or accepted with a note saying what hpclaunch does instead
+(:mod:`hpclaunch.torchrun.flags`); docs/cli.md lists each flag's status.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from typing import Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from hpclaunch import api
 from hpclaunch.adapters.torchrun import parse_endpoint, parse_nnodes, worker_slots
 from hpclaunch.errors import AdapterError, UsageError
 from hpclaunch.machine import network
-from hpclaunch.model.plan import Command, LaunchPlan
-from hpclaunch.model.world import Host, World, is_decimal
+from hpclaunch.model.plan import LaunchPlan
+from hpclaunch.model.world import Host, World
 from hpclaunch.options import ElasticOptions, LaunchOptions, OutputOptions, WorldOptions
 from hpclaunch.reporter import Reporter
-from hpclaunch.torchrun.parser import DEFAULT_SIGNALS
+from hpclaunch.torchrun.flags import (
+    check_flags,
+    local_ranks,
+    output_options,
+    resolve_command,
+    shutdown_timeout,
+)
 
 #: c10d's default port when ``--rdzv-endpoint`` names none (torch's DEFAULT_PORT).
 C10D_DEFAULT_PORT = 29400
-#: torchrun's SIGTERM -> SIGKILL wait when neither the flag nor the variable gives one.
-DEFAULT_SHUTDOWN_TIMEOUT = 30
 
 
 class TorchrunLaunch(NamedTuple):
@@ -52,10 +56,6 @@ class TorchrunLaunch(NamedTuple):
     notes: Tuple[str, ...]
 
 
-def _fail(message: str) -> UsageError:
-    return UsageError(message)
-
-
 def uuid4() -> str:
     """torchrun's run id for ``--standalone``: a random UUID (without importing uuid)."""
     raw = bytearray(os.urandom(16))
@@ -63,160 +63,6 @@ def uuid4() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def resolve_command(args: argparse.Namespace, env: Mapping[str, str]) -> Tuple[Command, List[str]]:
-    """The workers' command exactly as torchrun builds it, and notes. No ``--local-rank``."""
-    notes: List[str] = []
-    script, rest = args.training_script, list(args.training_script_args)
-    if args.run_path:
-        notes.append(
-            "--run-path: the script runs as 'python -u SCRIPT' in each worker (the same "
-            "sys.argv and __main__), not through runpy in a worker torch spawned"
-        )
-        command = api.resolve_command(script, rest, local_rank=False)
-    elif args.no_python:
-        if args.module:
-            raise _fail("--no-python and --module exclude each other (as in torchrun): pick one")
-        command = api.resolve_command(script, rest, no_python=True, local_rank=False)
-        # The path as torchrun's Popen execs it (relative or a PATH entry joined), so the
-        # program's argv[0] is what it would be under torchrun.
-        if os.sep in script:
-            command = command._replace(script=script)
-        else:
-            from hpclaunch.fast import which
-
-            command = command._replace(script=which(script) or command.script)
-    else:
-        command = api.resolve_command(script, rest, module=args.module, local_rank=False)
-    if command.mode != "exec":
-        command = command._replace(python=env.get("PYTHON_EXEC", sys.executable))
-    return command, notes
-
-
-# --------------------------------------------------------------------------- refusals, notes
-
-
-def check_flags(args: argparse.Namespace) -> List[str]:
-    """Refuse what cannot be kept; notes for what is accepted with another meaning."""
-    notes: List[str] = []
-    if args.logs_specs is not None:
-        raise _fail(
-            f"--logs-specs {args.logs_specs}: torchrun's LogsSpecs plug-ins cannot be loaded by "
-            "hpclaunch; drop it (-r 3 --log-dir DIR writes each rank's output to a file)"
-        )
-    for name, value in (("--duplicate-stdout-filters", args.duplicate_stdout_filters),
-                        ("--duplicate-stderr-filters", args.duplicate_stderr_filters)):
-        if value:
-            raise _fail(f"{name} is not supported by hpclaunch-torchrun: drop it")
-    if args.numa_binding == "core-complex":
-        raise _fail(
-            "--numa-binding core-complex is not supported: use node, socket or exclusive"
-        )
-    if args.rdzv_backend not in ("static", "c10d"):
-        raise _fail(
-            f"--rdzv-backend {args.rdzv_backend}: hpclaunch-torchrun runs the static and c10d "
-            "rendezvous only; use --rdzv-backend c10d"
-        )
-    if args.max_restarts < 0:
-        raise _fail(f"--max-restarts {args.max_restarts} must be >= 0")
-    if args.monitor_interval != 0.1:
-        notes.append(
-            f"--monitor-interval {args.monitor_interval:g} is not used: hpclaunch learns of "
-            "each worker's exit at once, without polling"
-        )
-    if args.start_method != "spawn":
-        notes.append(
-            f"--start-method {args.start_method} has no effect: workers are programs started "
-            "with fork+exec (so it is in torchrun)"
-        )
-    if args.event_log_handler != "null":
-        notes.append(
-            f"--event-log-handler {args.event_log_handler} is not used: torch's elastic events "
-            "are not emitted by hpclaunch's spawner"
-        )
-    if args.signals_to_handle != DEFAULT_SIGNALS:
-        notes.append(
-            f"--signals-to-handle {args.signals_to_handle} is not used: hpclaunch handles "
-            "signals its own way (TERM, INT, HUP stop the job; USR1, USR2 are forwarded and "
-            "the job goes on; QUIT prints every rank's stack)"
-        )
-    return notes
-
-
-def _std_mode(value: str, flag: str) -> str:
-    """torchrun's ``Std`` spelling: ``0``..``3`` for all local ranks, or ``rank:mode,...``."""
-    text = value.strip()
-    if text in ("0", "1", "2", "3"):
-        return text
-    if all(":" in part for part in text.split(",")):
-        return "map"
-    raise _fail(f"{flag} {value!r}: give 0, 1, 2, 3 or local_rank:mode pairs like 0:3,1:1")
-
-
-def output_options(args: argparse.Namespace) -> Tuple[Optional[str], List[str]]:
-    """(per-rank log directory, notes) for ``--log-dir``, ``-r`` and ``-t``."""
-    notes: List[str] = []
-    redirects = _std_mode(args.redirects, "--redirects")
-    tee = _std_mode(args.tee, "--tee")
-    if redirects not in ("0", "3"):
-        raise _fail(
-            f"--redirects {args.redirects}: hpclaunch writes a rank's stdout and stderr to one "
-            "log file, for every rank: use -r 3 --log-dir DIR"
-        )
-    if tee != "0":
-        notes.append(
-            f"--tee {args.tee}: the console shows the workers' output; no copy is written to "
-            "files (-r 3 --log-dir DIR writes each rank's output to its own file instead)"
-        )
-    if redirects == "3":
-        if not args.log_dir:
-            raise _fail("--redirects 3 needs --log-dir DIR: where each rank's log goes")
-        notes.append(
-            f"--redirects 3: each rank's stdout and stderr go to {args.log_dir}/"
-            "<timestamp>_rank<RANK>.log (hpclaunch's names, not torchrun's attempt_N/ tree)"
-        )
-        return args.log_dir, notes
-    if args.log_dir:
-        notes.append(
-            f"--log-dir {args.log_dir} without -r 3 is not used: hpclaunch writes no error "
-            "files; workers' output stays on the console"
-        )
-    return None, notes
-
-
-def local_ranks(text: str, local_world_size: int) -> FrozenSet[int]:
-    """``--local-ranks-filter``'s local ranks, each one this node has."""
-    parts = [p.strip() for p in text.split(",")]
-    if not all(is_decimal(p) for p in parts):
-        raise _fail(
-            f"--local-ranks-filter {text!r}: give local ranks like 0,1 (comma-separated integers)"
-        )
-    ranks = frozenset(int(p) for p in parts)
-    outside = sorted(r for r in ranks if r >= local_world_size)
-    if outside:
-        raise _fail(
-            f"--local-ranks-filter {text}: local rank {outside[0]} is not on this node "
-            f"(local ranks 0..{local_world_size - 1})"
-        )
-    return ranks
-
-
-def shutdown_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
-    """torchrun's SIGTERM -> SIGKILL wait: the flag, TORCH_ELASTIC_SHUTDOWN_TIMEOUT, or 30."""
-    if args.shutdown_timeout is not None:
-        if args.shutdown_timeout < 0:
-            raise _fail(f"--shutdown-timeout {args.shutdown_timeout} must be >= 0")
-        return float(args.shutdown_timeout)
-    text = env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "").strip()
-    if not text:
-        return float(DEFAULT_SHUTDOWN_TIMEOUT)
-    if not is_decimal(text):
-        raise _fail(f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={text!r}: give whole seconds >= 0")
-    return float(text)
 
 
 # --------------------------------------------------------------------------- the forms
@@ -240,10 +86,10 @@ def choose_form(args: argparse.Namespace, hostname: str) -> Tuple[Form, List[str
     try:
         low, high = parse_nnodes(args.nnodes)
     except AdapterError as exc:
-        raise _fail(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.standalone:
         if high > 1:
-            raise _fail(
+            raise UsageError(
                 f"--standalone runs one node, but --nnodes is {args.nnodes}: drop --nnodes, or "
                 "use --rdzv-backend c10d --rdzv-endpoint HOST:PORT for several nodes"
             )
@@ -253,7 +99,7 @@ def choose_form(args: argparse.Namespace, hostname: str) -> Tuple[Form, List[str
         if not endpoint and args.master_port is None and high == 1:
             return Form("local", 1, 1, uuid4()), notes  # torchrun's implicit standalone
         if low != high:
-            raise _fail(
+            raise UsageError(
                 f"--nnodes {args.nnodes} (MIN:MAX) needs a rendezvous: add --rdzv-backend c10d "
                 "--rdzv-endpoint HOST:PORT"
             )
@@ -268,7 +114,7 @@ def choose_form(args: argparse.Namespace, hostname: str) -> Tuple[Form, List[str
             )
         return Form("static", high, high, args.rdzv_id, host, port), notes
     if not endpoint:
-        raise _fail("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT] (node 0's address)")
+        raise UsageError("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT] (node 0's address)")
     host, port = _endpoint(endpoint, C10D_DEFAULT_PORT)
     if args.node_rank != 0:
         notes.append(
@@ -278,7 +124,7 @@ def choose_form(args: argparse.Namespace, hostname: str) -> Tuple[Form, List[str
     if high == 1 and network.may_be_this_host(host, hostname):
         return Form("local", 1, 1, args.rdzv_id, host, port), notes
     if port == 0:
-        raise _fail(
+        raise UsageError(
             f"--rdzv-endpoint {endpoint}: port 0 (a free port) works for one node only; give "
             "the port every node can reach"
         )
@@ -289,7 +135,7 @@ def _endpoint(text: str, default_port: int) -> Tuple[str, int]:
     try:
         return parse_endpoint(text, default_port, "--rdzv-endpoint")
     except AdapterError as exc:
-        raise _fail(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def static_world(
@@ -322,7 +168,7 @@ def rendezvous_world(args: argparse.Namespace, form: Form, env: Mapping[str, str
     try:
         slots, gpu_slots = worker_slots(args.nproc_per_node, env)
     except AdapterError as exc:
-        raise _fail(str(exc)) from None
+        raise UsageError(str(exc)) from None
     port = form.port or network.free_port("127.0.0.1")
     return World(
         hosts=(Host(hostname or "node0", slots),),
@@ -380,7 +226,7 @@ def _own_gpu(parent: Optional[str], local_rank: int) -> str:
         return str(local_rank)
     entries = parent.split(",")
     if local_rank >= len(entries):
-        raise _fail(
+        raise UsageError(
             f"--virtual-local-rank: local rank {local_rank} has no GPU in "
             f"CUDA_VISIBLE_DEVICES={parent}"
         )
@@ -398,7 +244,7 @@ def plan_launch(
     try:  # named as the user wrote it; the worlds below count the same slots again
         worker_slots(args.nproc_per_node, env, "--nproc-per-node")
     except AdapterError as exc:
-        raise _fail(str(exc)) from None
+        raise UsageError(str(exc)) from None
     hostname = network.hostname()
     form, more = choose_form(args, hostname)
     notes += more
@@ -432,7 +278,7 @@ def plan_launch(
         plan = api.plan(world, command, output=output, launch=launch, env=env, reporter=reporter)
         return TorchrunLaunch(torchrun_variables(plan, args, env), form.kind, tuple(notes))
     if args.virtual_local_rank:
-        raise _fail(
+        raise UsageError(
             "--virtual-local-rank is supported in the static and one-node forms only (not "
             "with a c10d rendezvous or --max-restarts)"
         )
@@ -466,11 +312,11 @@ def _elastic_world(
     try:
         slots, gpu_slots = worker_slots(args.nproc_per_node, env)
     except AdapterError as exc:
-        raise _fail(str(exc)) from None
+        raise UsageError(str(exc)) from None
     from hpclaunch.adapters.torchrun import rank_named_hosts
 
     if not 0 <= args.node_rank < form.max_nodes:
-        raise _fail(
+        raise UsageError(
             f"--node-rank {args.node_rank} is outside the {form.max_nodes} node(s) of --nnodes"
         )
     return World(
