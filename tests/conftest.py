@@ -55,6 +55,7 @@ MARKS_BY_PATH = {
     "benchmarks/": ("slow", "torch"),
     "packaging/": ("slow", "root"),
     "hardening/test_soak.py": ("slow",),
+    "cli/test_scheduler_dry_run.py": ("root",),
 }
 
 
