@@ -1,16 +1,13 @@
 """Every local rank's stack, with no code change in the script: taken in the workers, shown here.
 
 How a stack is taken. Each worker's ``PYTHONPATH`` starts with ``worker_site/``, whose
-``sitecustomize`` registers :mod:`faulthandler` on :func:`dump_signal` (a real-time signal:
-SIGUSR1 is Lightning's requeue signal and NCCL's, SIGUSR2 submitit's and LSF's, SIGQUIT's
-default would core-dump a worker) before the script starts, then takes itself out again
-(see that file). faulthandler's handler is C: it dumps every thread also while the
-interpreter is deadlocked or stuck in a C call. It writes to a pipe of the launcher's, one
-per local rank, which the worker opens by ``/proc/<launcher>/fd/<n>``: nothing is created
-in the file system, and static and elastic workers (the latter started by torch's agent,
-which closes inherited descriptors) reach it the same way. The launcher reads the pipe in
-its event loop, puts each thread's frames innermost last (as a Python traceback reads) and
-writes them rank-prefixed to its console and to the rank's log.
+``sitecustomize`` registers :mod:`faulthandler` on the dump signal
+(:func:`~hpclaunch.spawner.hang.dump_signal`, a real-time one) before the script starts,
+then takes itself out again (see that file). faulthandler's handler is C: it dumps every
+thread also while the interpreter is deadlocked or stuck in a C call. It writes to the rank's
+pipe (:class:`~hpclaunch.spawner.hang.DumpPipes`); :class:`StackDumper` reads it in the event
+loop, puts each thread's frames innermost last (as a Python traceback reads) and writes them
+rank-prefixed to the launcher's console and to the rank's log, one block per rank.
 
 A process gets the dump signal only when ``/proc/<pid>/status`` shows a handler for it
 (``SigCgt``): the default action of a real-time signal ends the process, so a worker that is
@@ -21,8 +18,7 @@ time), which alone tells a spinning rank from a sleeping one. When ``py-spy`` is
 name the launcher as their tracer (``PR_SET_PTRACER``, in :mod:`hpclaunch.spawner.child`),
 so this works under Yama's default ptrace scope without root.
 
-Cost: one pipe per worker, registered with the event loop and silent until a dump; per
-worker start, the few hundred microseconds of the ``sitecustomize`` import.
+Imported at the first dump (or with ``--stall_timeout``), never by a plain launch.
 """
 
 from __future__ import annotations
@@ -33,13 +29,8 @@ import signal
 import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-#: SIGRTMIN + this is the dump signal (``kill -s SIGRTMIN+7 <pid>`` dumps one worker by hand).
-DUMP_SIGNAL_OFFSET = 7
-#: The folder put first on workers' PYTHONPATH: it holds only the sitecustomize.
-WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
-#: ``"<signal> <path of the pipe>[ keep-empty]"`` for the sitecustomize, which removes it
-#: (``keep-empty``: the user's PYTHONPATH is set and empty; it stays so).
-STACKS_VAR = "HPCLAUNCH_STACKS"
+from hpclaunch.spawner.hang import DumpPipes, dump_signal
+
 #: A rank's dump is complete once its pipe has been quiet this long...
 DUMP_QUIET_SECONDS = 0.5
 #: ...and given up on when nothing came this long after the signal (a process in D state).
@@ -60,56 +51,6 @@ STATE_NAMES = {
     "X": "dead",
     "I": "idle",
 }
-
-
-def dump_signal() -> int:
-    """The workers' dump signal (SIGRTMIN is the C library's, so it is read at run time)."""
-    return int(signal.SIGRTMIN) + DUMP_SIGNAL_OFFSET
-
-
-# --------------------------------------------------------------------------- the pipes
-
-
-class DumpPipes:
-    """One pipe per local rank (slot) for the dump handler to write to, read by the loop.
-
-    The launcher's end is opened read-write (through ``/proc/self/fd``), so the pipe always
-    has a writer: no end-of-file however workers come and go, and the path stays valid for
-    a restarted elastic worker.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self.fds: List[int] = []
-        self.me = os.getpid()
-        try:
-            for _ in range(slots):
-                self.fds.append(_read_write_pipe())
-        except BaseException:
-            self.close()
-            raise
-
-    def worker_env(self, slot: int, env: Mapping[str, str]) -> Dict[str, str]:
-        """What a worker's environment gets so that its Python registers the handler."""
-        spec = f"{dump_signal()} /proc/{self.me}/fd/{self.fds[slot]}"
-        user_path = env.get("PYTHONPATH")
-        if user_path == "":
-            spec += " keep-empty"
-        path = WORKER_SITE + os.pathsep + user_path if user_path else WORKER_SITE
-        return {STACKS_VAR: spec, "PYTHONPATH": path}
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
-
-
-def _read_write_pipe() -> int:
-    read_end, write_end = os.pipe()
-    try:
-        return os.open(f"/proc/self/fd/{read_end}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
 
 
 def has_dump_handler(pid: int, sig: int) -> bool:
@@ -379,9 +320,6 @@ class StackDumper:
         self.pyspy_known = pipes is None
         self.open: Dict[int, _Collection] = {}  # slot -> dump arriving
         self.helpers: Dict[int, HelperRun] = {}  # fd -> py-spy run
-        if pipes is not None:
-            for fd in pipes.fds:
-                selector.register(fd, selectors.EVENT_READ, self.on_readable)
 
     # ------------------------------------------------------------------ asking
 
@@ -566,9 +504,6 @@ class StackDumper:
             except ProcessLookupError:
                 pass
             self._finish_helper(run)
-        if self.pipes is not None:
-            for fd in self.pipes.fds:
-                self.selector.unregister(fd)
 
     def _complete_without_pyspy(self, collection: _Collection) -> None:
         pyspy, self.pyspy = self.pyspy, None

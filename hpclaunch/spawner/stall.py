@@ -1,14 +1,12 @@
-"""Never a silent hang: stall detection, and every rank's stack on SIGQUIT and on a stall.
+"""``--stall_timeout``: when has a node stalled, and asking Slurm for the other nodes' stacks.
 
 A rank makes *progress* when it writes to stdout or stderr (the relay stamps
 ``OutputRelay.progress[rank]`` on the read it makes anyway: no syscall per line) or touches
 its heartbeat file (``HPCLAUNCH_HEARTBEAT_FILE``, looked at no more than once a second). A
-rank *counts* once it has made progress once. When every counting rank of this node has been
-quiet for ``--stall_timeout`` seconds, :class:`HangWatch` reports the stall, asks Slurm to make
-the step's other launchers dump too (``scancel --signal=QUIT <job>.<step>``: the launchers
-are the step's tasks), dumps every local rank's stack with its process state
-(:mod:`hpclaunch.spawner.stacks`), and then lets the supervisor tear the job down; the
-launcher exits :data:`STALL_EXIT_STATUS`.
+rank *counts* once it has made progress once. :class:`StallWatch` finds the moment every
+counting rank of this node has been quiet for the timeout; what happens then is
+:class:`~hpclaunch.spawner.hang.HangWatch`'s (report, :class:`StepSignal` under Slurm, the
+dumps, the teardown, exit 124).
 
 No polling while progress flows: the event loop wakes for the watch once half the timeout
 after the latest progress it knows of (then it takes each worker's CPU time, so the report
@@ -18,6 +16,8 @@ costs nothing. A console that holds the workers back (back-pressure) is not a st
 The heartbeat file is an unnamed file of the launcher's (``O_TMPFILE``), named to the worker
 as ``/proc/<launcher>/fd/<n>``: ``touch``, ``os.utime`` or ``Path.touch`` on that path update
 it, the launcher reads its mtime with one ``fstat``, and nothing is ever left on disk.
+
+Imported only when ``--stall_timeout`` is given.
 """
 
 from __future__ import annotations
@@ -28,22 +28,11 @@ import signal
 import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from hpclaunch.fast import which
 from hpclaunch.model.plan import LaunchPlan
-from hpclaunch.options import format_ranks
 from hpclaunch.reporter import Reporter
-from hpclaunch.spawner.events import Events
-from hpclaunch.spawner.stacks import (
-    DumpPipes,
-    DumpTarget,
-    StackDumper,
-    read_cpu,
-    start_helper,
-)
+from hpclaunch.spawner.stacks import DumpTarget, read_cpu, start_helper
 
-#: The launcher's exit status after a stall (GNU timeout's "timed out").
-STALL_EXIT_STATUS = 124
-#: The variable naming each worker's heartbeat file (set when --stall_timeout is on).
-HEARTBEAT_VAR = "HPCLAUNCH_HEARTBEAT_FILE"
 #: Heartbeat files are read at most this often.
 HEARTBEAT_READ_SECONDS = 1.0
 #: How long ``scancel --signal=QUIT`` may take before the teardown goes on without it.
@@ -205,219 +194,74 @@ def slurm_step(plan: LaunchPlan) -> Optional[str]:
     return plan.world.run_id if job.isdigit() and step.isdigit() else None
 
 
-# --------------------------------------------------------------------------- the glue
+# --------------------------------------------------------------------------- other nodes
 
 
-class WatchFiles:
-    """What each worker's environment names, made before the first worker starts: its dump
-    pipe (unless ``--no_stack_dumps``) and its heartbeat file (with ``--stall_timeout``)."""
-
-    def __init__(self, plan: LaunchPlan, env: Mapping[str, str]) -> None:
-        self.pipes: Optional[DumpPipes] = None
-        self.heartbeats: Optional[Heartbeats] = None
-        slots = len(plan.workers)
-        try:
-            if plan.launch.stack_dumps:
-                self.pipes = DumpPipes(slots)
-            if plan.launch.stall_timeout:
-                self.heartbeats = Heartbeats(slots, env)
-        except BaseException:
-            self.close()
-            raise
-
-    def worker_env(self, slot: int, env: Mapping[str, str]) -> Dict[str, str]:
-        """The variables one worker (local rank ``slot``) gets besides ``env``."""
-        added: Dict[str, str] = {}
-        if self.pipes is not None:
-            added.update(self.pipes.worker_env(slot, env))
-        if self.heartbeats is not None:
-            added[HEARTBEAT_VAR] = self.heartbeats.path(slot)
-        return added
-
-    def close(self) -> None:
-        for owner in (self.pipes, self.heartbeats):
-            if owner is not None:
-                owner.close()
-
-
-class HangWatch:
-    """What a supervisor holds for SIGQUIT and --stall_timeout: the watch and the dumper over
-    the workers' :class:`WatchFiles`, and a stall's course (report, Slurm, dumps, teardown).
-
-    The supervisor gives it its selector, ``targets()`` (its live workers), ``output`` (the
-    relay's stamps, or an empty mapping) and ``adopt(pid)`` (a helper child of the
-    launcher's own); it calls :meth:`on_sigquit`, :meth:`wake_timeout` and :meth:`on_wake`
-    from its loop, and :meth:`close` at the end (which closes the files too).
-    """
+class StepSignal:
+    """``scancel --signal=QUIT <job>.<step>``, run as a helper child: the step's tasks (every
+    node's launcher) dump their ranks. Its output is read by the event loop; it says nothing
+    when it succeeds."""
 
     def __init__(
         self,
-        plan: LaunchPlan,
-        files: WatchFiles,
+        step: str,
         selector: selectors.BaseSelector,
         reporter: Reporter,
-        events: Events,
-        targets: Callable[[], List[DumpTarget]],
-        output: Mapping[int, float],
         adopt: Callable[[int], None],
     ) -> None:
-        self.plan = plan
-        self.files = files
         self.selector = selector
         self.reporter = reporter
-        self.events = events
-        self.targets = targets
-        self.adopt = adopt
-        self.watch: Optional[StallWatch] = None
-        if files.heartbeats is not None and plan.launch.stall_timeout:
-            self.watch = StallWatch(plan.launch.stall_timeout, output, files.heartbeats)
-        prefixed = plan.prefix_output
-        self.dumper = StackDumper(
-            selector,
-            files.pipes,
-            reporter.sink,
-            lambda rank: f"[rank{rank}]: " if prefixed else "",
-            self.find,
-            adopt,
-            dict(os.environ),
-        )
-        self.stalled: Optional[Stall] = None
-        #: Set once the stall's dumps are done and the teardown may begin.
-        self.stall_over = False
-        self.scancel: Optional[Tuple[int, int, float]] = None  # pid, fd, deadline
-        self.scancel_output = b""
-
-    # ------------------------------------------------------------------ workers
-
-    def find(self, slot: int) -> Optional[DumpTarget]:
-        return next((t for t in self.targets() if t.slot == slot), None)
-
-    # ------------------------------------------------------------------ SIGQUIT
-
-    def on_sigquit(self) -> None:
-        """Every local rank's stack; the job goes on. Ignored during a stall's own dumps (a
-        Slurm step's QUIT reaches this launcher too)."""
-        if self.stalled is not None:
-            return
-        targets = self.targets()
-        if self.dumper.busy:
-            self.reporter.info("got SIGQUIT: a dump is still under way; ignored")
-            return
-        self.reporter.info(f"got SIGQUIT: dumping the stacks of {len(targets)} worker(s)")
-        self.events.emit("dump", ranks=[t.rank for t in targets], reason="sigquit")
-        self.dumper.request("on SIGQUIT", targets, {})
-
-    # ------------------------------------------------------------------ the loop
-
-    def wake_timeout(self, running: bool) -> Optional[float]:
-        now = time.monotonic()
-        due = [self.dumper.next_timeout()]
-        if self.watch is not None and running and self.stalled is None:
-            due.append(self.watch.next_timeout(now))
-        if self.scancel is not None:
-            due.append(max(0.0, self.scancel[2] - now))
-        known = [d for d in due if d is not None]
-        return min(known) if known else None
-
-    def on_wake(self, running: bool, held_back: bool) -> bool:
-        """Runs after each wake-up; True exactly once: the stall's dumps are done, tear down."""
-        self.dumper.on_wake()
-        if self.scancel is not None and time.monotonic() >= self.scancel[2]:
-            self._end_scancel(timed_out=True)
-        if self.stalled is None and self.watch is not None and running:
-            stall = self.watch.check(self.targets(), time.monotonic(), held_back)
-            if stall is not None:
-                self._on_stall(stall)
-        if self.stalled is None or self.stall_over or self.dumper.busy or self.scancel is not None:
-            return False
-        self.stall_over = True
-        return True
-
-    def _on_stall(self, stall: Stall) -> None:
-        assert self.watch is not None
-        self.stalled = stall
-        timeout = self.watch.timeout
-        never = (f" ({format_ranks(set(stall.silent))} never made any)" if stall.silent else "")
-        self.reporter.error(
-            f"stalled: rank(s) {format_ranks(set(stall.ranks))} on {self.plan.host} made no "
-            f"progress (output or heartbeat) for {stall.quiet:.1f} s (--stall_timeout "
-            f"{timeout:g}){never}: dumping every local rank's stack, then stopping the job"
-        )
-        self.events.emit("stall", ranks=list(stall.ranks), quiet_seconds=round(stall.quiet, 3))
-        step = slurm_step(self.plan)
-        if step is not None:
-            self._start_scancel(step)
-        targets = self.targets()
-        self.events.emit("dump", ranks=[t.rank for t in targets], reason="stall")
-        self.dumper.request("stalled", targets, self.watch.cpu)
-
-    # ------------------------------------------------------------------ Slurm
-
-    def _start_scancel(self, step: str) -> None:
-        """``scancel --signal=QUIT <step>``: every launcher of the step dumps its ranks."""
-        from hpclaunch.fast import which
-
+        self.pid = 0
+        self.fd = -1
+        self.output = b""
+        self.deadline = time.monotonic() + SCANCEL_WAIT_SECONDS
         scancel = which("scancel")
         if scancel is None:
-            self.reporter.warning("scancel is not on PATH: the other nodes' stacks are not "
-                                  f"dumped (run 'scancel --signal=QUIT {step}' yourself)")
+            reporter.warning("scancel is not on PATH: the other nodes' stacks are not dumped "
+                             f"(run 'scancel --signal=QUIT {step}' yourself)")
             return
-        self.reporter.info(f"asking Slurm to dump every node's stacks: scancel "
-                           f"--signal=QUIT {step}")
+        reporter.info(f"asking Slurm to dump every node's stacks: scancel --signal=QUIT {step}")
         try:
-            pid, fd = start_helper([scancel, "--signal=QUIT", step], self.dumper.env)
+            self.pid, self.fd = start_helper([scancel, "--signal=QUIT", step], dict(os.environ))
         except OSError as exc:
-            self.reporter.warning(f"cannot run scancel: {exc}")
+            reporter.warning(f"cannot run scancel: {exc}")
             return
-        self.adopt(pid)
-        self.scancel = (pid, fd, time.monotonic() + SCANCEL_WAIT_SECONDS)
-        self.selector.register(fd, selectors.EVENT_READ, self._scancel_output)
+        adopt(self.pid)
+        selector.register(self.fd, selectors.EVENT_READ, self.on_output)
 
-    def _scancel_output(self, fd: int) -> None:
+    @property
+    def running(self) -> bool:
+        return self.fd >= 0
+
+    def on_output(self, fd: int) -> None:
         while True:
             try:
                 data = os.read(fd, 4096)
             except BlockingIOError:
                 return
             if not data:
-                self._end_scancel(timed_out=False)
+                self.end(timed_out=False)
                 return
-            self.scancel_output = (self.scancel_output + data)[-4096:]
+            self.output = (self.output + data)[-4096:]
 
-    def _end_scancel(self, timed_out: bool) -> None:
-        if self.scancel is None:
+    def on_wake(self) -> None:
+        if self.running and time.monotonic() >= self.deadline:
+            self.end(timed_out=True)
+
+    def end(self, timed_out: bool) -> None:
+        if not self.running:
             return
-        pid, fd, _ = self.scancel
-        self.scancel = None
-        self.selector.unregister(fd)
-        os.close(fd)
-        text = " ".join(self.scancel_output.decode(errors="replace").split())
+        self.selector.unregister(self.fd)
+        os.close(self.fd)
+        self.fd = -1
         if timed_out:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.reporter.warning(f"scancel took more than {SCANCEL_WAIT_SECONDS:g} s; "
-                                  "going on without it")
-        elif text:  # it says nothing when it succeeds
+            self.reporter.warning(f"scancel took more than {SCANCEL_WAIT_SECONDS:g} s; going "
+                                  "on without it")
+            return
+        text = " ".join(self.output.decode(errors="replace").split())
+        if text:
             self.reporter.warning(f"scancel --signal=QUIT: {text}")
-
-    # ------------------------------------------------------------------ the end
-
-    def outcome_error(self) -> str:
-        """The failure summary's line for a stall ("" when there was none)."""
-        stall = self.stalled
-        if stall is None:
-            return ""
-        assert self.watch is not None
-        return (
-            f"stalled: rank(s) {format_ranks(set(stall.ranks))} on {self.plan.host} made no "
-            f"progress for {stall.quiet:.1f} s (--stall_timeout {self.watch.timeout:g}); "
-            f"their stacks are above; the job was stopped (exit {STALL_EXIT_STATUS})"
-        )
-
-    def close(self) -> None:
-        self.dumper.close()
-        if self.scancel is not None:
-            self._end_scancel(timed_out=False)
-        self.files.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-from typing import AbstractSet, Dict, List, Mapping, NoReturn, Optional
+from typing import TYPE_CHECKING, AbstractSet, Dict, List, Mapping, NoReturn, Optional
 
 from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
@@ -18,6 +18,7 @@ from hpclaunch.spawner import tree
 from hpclaunch.spawner.child import become_worker
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
+from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     fork_with_signals_blocked,
@@ -30,8 +31,9 @@ from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
-from hpclaunch.spawner.stacks import DumpTarget
-from hpclaunch.spawner.stall import STALL_EXIT_STATUS, HangWatch, WatchFiles
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.stacks import DumpTarget
 
 
 def spawn_worker(
@@ -132,7 +134,7 @@ class Supervisor(TreeSupervisor):
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
-        #: SIGQUIT's dumps and --stall_timeout (hpclaunch.spawner.stall)
+        #: SIGQUIT's dumps and --stall_timeout (hpclaunch.spawner.hang)
         self.watch_files = WatchFiles(plan, base_env)
         self.hang = HangWatch(plan, self.watch_files, self.selector, reporter, events,
                               self.dump_targets, self.relay.progress, self.adopt_helper)
@@ -232,6 +234,8 @@ class Supervisor(TreeSupervisor):
 
     def dump_targets(self) -> List[DumpTarget]:
         """The live workers, for their stacks."""
+        from hpclaunch.spawner.stacks import DumpTarget
+
         return [
             DumpTarget(spec.local_rank, spec.rank, pid, self.log_fds.get(spec.log_path or ""))
             for pid, spec in self.live.items()

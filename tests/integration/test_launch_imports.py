@@ -12,7 +12,9 @@ from tests.conftest import ROOT
 #: Each costs milliseconds of every launch's start-up (inspect alone ~10 ms here).
 HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metadata",
          "hpclaunch.model.elastic", "hpclaunch.spawner.elastic.launcher", "shutil",
-         "socket")
+         "socket",
+         # Taking stacks and watching for stalls: imported at a dump or with --stall_timeout.
+         "hpclaunch.spawner.stacks", "hpclaunch.spawner.stall", "faulthandler")
 
 PROGRAM = """
 import json, sys

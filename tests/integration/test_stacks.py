@@ -18,7 +18,7 @@ from typing import List
 
 import pytest
 
-from hpclaunch.spawner.stacks import dump_signal
+from hpclaunch.spawner.hang import dump_signal
 from tests.conftest import (
     Fifo,
     kill_all,

@@ -44,11 +44,11 @@ from hpclaunch.spawner.elastic.agent import (
 )
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import launch_guard
+from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 from hpclaunch.spawner.stacks import DumpTarget
-from hpclaunch.spawner.stall import STALL_EXIT_STATUS, HangWatch, WatchFiles
 
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
