@@ -226,20 +226,22 @@ class HangWatch:
     # ------------------------------------------------------------------ the loop
 
     def wake_timeout(self, running: bool) -> Optional[float]:
-        now = time.monotonic()
+        """Called at every turn of the loop (every read of output): a few attribute tests
+        unless a dump, a stall watch or scancel is under way."""
         due: List[float] = []
         if self._dumper is not None:
             dumps = self._dumper.next_timeout()
             if dumps is not None:
                 due.append(dumps)
         if self.watch is not None and running and self.stalled is None:
-            due.append(self.watch.next_timeout(now))
+            due.append(self.watch.next_timeout(time.monotonic()))
         if self.scancel is not None and self.scancel.running:
-            due.append(max(0.0, self.scancel.deadline - now))
+            due.append(max(0.0, self.scancel.deadline - time.monotonic()))
         return min(due) if due else None
 
     def on_wake(self, running: bool, held_back: bool) -> bool:
-        """Runs after each wake-up; True exactly once: the stall's dumps are done, tear down.
+        """Runs after each turn of the loop; True exactly once: the stall's dumps are done,
+        tear down. The workers are looked at only when the watch is due, never per read.
 
         ``held_back``: the console holds the workers' output back (not their stall).
         """
@@ -248,9 +250,11 @@ class HangWatch:
         if self.scancel is not None:
             self.scancel.on_wake()
         if self.stalled is None and self.watch is not None and running:
-            stall = self.watch.check(self.targets(), time.monotonic(), held_back)
-            if stall is not None:
-                self._on_stall(stall)
+            now = time.monotonic()
+            if now >= self.watch.due:
+                stall = self.watch.check(self.targets(), now, held_back)
+                if stall is not None:
+                    self._on_stall(stall)
         if self.stalled is None or self.stall_over or self.busy:
             return False
         self.stall_over = True
