@@ -206,14 +206,16 @@ class HangWatch:
     def busy(self) -> bool:
         """Dumps (or the Slurm request) still under way."""
         dumping = self._dumper is not None and self._dumper.busy
-        return dumping or (self.scancel is not None and self.scancel.running)
+        return dumping or (self.scancel is not None and self.scancel.waiting)
 
     # ------------------------------------------------------------------ SIGQUIT
 
     def on_sigquit(self) -> None:
-        """Every local rank's stack; the job goes on. Ignored once stalled (a Slurm step's
-        QUIT, which the stall itself asked for, reaches this launcher too)."""
+        """Every local rank's stack; the job goes on. Once stalled, the Slurm step's QUIT that
+        the stall asked for comes back to this launcher too: that is noted, nothing more."""
         if self.stalled is not None:
+            if self.scancel is not None:
+                self.scancel.echo()
             return
         if self.busy:
             self.reporter.info("got SIGQUIT: a dump is still under way; ignored")
@@ -235,7 +237,7 @@ class HangWatch:
                 due.append(dumps)
         if self.watch is not None and running and self.stalled is None:
             due.append(self.watch.next_timeout(time.monotonic()))
-        if self.scancel is not None and self.scancel.running:
+        if self.scancel is not None and self.scancel.waiting:
             due.append(max(0.0, self.scancel.deadline - time.monotonic()))
         return min(due) if due else None
 

@@ -200,7 +200,13 @@ def slurm_step(plan: LaunchPlan) -> Optional[str]:
 class StepSignal:
     """``scancel --signal=QUIT <job>.<step>``, run as a helper child: the step's tasks (every
     node's launcher) dump their ranks. Its output is read by the event loop; it says nothing
-    when it succeeds."""
+    when it succeeds.
+
+    This launcher is one of those tasks, so its own SIGQUIT comes back (:meth:`echo`). The
+    teardown waits for it (at most :data:`SCANCEL_WAIT_SECONDS`): proof that Slurm delivered
+    the signal, and no late SIGQUIT can meet the launcher after its handlers are gone (the
+    default action would dump core).
+    """
 
     def __init__(
         self,
@@ -215,6 +221,7 @@ class StepSignal:
         self.fd = -1
         self.output = b""
         self.deadline = time.monotonic() + SCANCEL_WAIT_SECONDS
+        self.echoed = True  # until scancel has started: nothing to wait for
         scancel = which("scancel")
         if scancel is None:
             reporter.warning("scancel is not on PATH: the other nodes' stacks are not dumped "
@@ -227,11 +234,21 @@ class StepSignal:
             reporter.warning(f"cannot run scancel: {exc}")
             return
         adopt(self.pid)
+        self.echoed = False
         selector.register(self.fd, selectors.EVENT_READ, self.on_output)
 
     @property
     def running(self) -> bool:
         return self.fd >= 0
+
+    @property
+    def waiting(self) -> bool:
+        """scancel still runs, or this launcher's own SIGQUIT has not come back yet."""
+        return self.running or not self.echoed
+
+    def echo(self) -> None:
+        """This launcher got the step's SIGQUIT."""
+        self.echoed = True
 
     def on_output(self, fd: int) -> None:
         while True:
@@ -245,8 +262,14 @@ class StepSignal:
             self.output = (self.output + data)[-4096:]
 
     def on_wake(self) -> None:
-        if self.running and time.monotonic() >= self.deadline:
+        if time.monotonic() < self.deadline:
+            return
+        if self.running:
             self.end(timed_out=True)
+        if not self.echoed:
+            self.echoed = True
+            self.reporter.warning(f"Slurm did not deliver SIGQUIT to this launcher within "
+                                  f"{SCANCEL_WAIT_SECONDS:g} s; going on")
 
     def end(self, timed_out: bool) -> None:
         if not self.running:
