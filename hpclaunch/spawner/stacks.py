@@ -345,7 +345,9 @@ class StackDumper:
             )
             if self.pipes is None:
                 self._emit(target, [header, "hpclaunch: no stack taken (--no_stack_dumps)"])
-            elif state is None or not has_dump_handler(target.pid, self.signal):
+            elif state is None or state.state in ("Z", "X"):
+                self._emit(target, [header, "hpclaunch: no stack: the process has ended"])
+            elif not has_dump_handler(target.pid, self.signal):
                 self._emit(target, [header, "hpclaunch: no Python stack: the process has no "
                                     "dump handler (not Python, started with -I, -E or -S, "
                                     "or not yet at its script)"])
