@@ -169,12 +169,13 @@ def launch(
 
     Workers inherit ``env`` (default ``os.environ``) as the world's adapter filters it, plus
     the plan's variables. Keywords change the plan's output and launch options for this
-    launch (``kill_timeout``, ``pid_file``, ``prefix_output``, ``ranks_filter``,
-    ``raw_output``), checked as :func:`plan` checks them. Signals to this process (SIGINT,
-    SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as in the
-    CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option,
-    log directory or PID file, a master port in use, too low a file-descriptor limit, or
-    elastic mode without torch.
+    launch (``kill_timeout``, ``pid_file``, ``stall_timeout``, ``stack_dumps``,
+    ``prefix_output``, ``ranks_filter``, ``raw_output``), checked as :func:`plan` checks
+    them. Signals to this process (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded; SIGQUIT
+    dumps every rank's stack) are handled for the launch's duration, as in the CLI. Raises
+    :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option, log directory
+    or PID file, a master port in use, too low a file-descriptor limit, or elastic mode
+    without torch.
     """
     from hpclaunch.spawner import run
     from hpclaunch.spawner.output.console import Console

@@ -24,6 +24,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+#: Yama's "this process (and its descendants) may ptrace me": py-spy, started by the launcher.
+PR_SET_PTRACER = 0x59616D61
 
 #: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
 MAX_FD = 1 << 30
@@ -75,21 +77,25 @@ def become_worker(
     stderr_fd: Optional[int] = None,
     keep_fd: Optional[int] = None,
     new_session: bool = False,
+    tracer: Optional[int] = None,
 ) -> None:
     """The worker's own setup, then exec the command in place. Returns only by raising.
 
     Kept to syscalls, in this order: own session (static: the worker's PID is its group, so
     teardown signals the group); death signal, then a check that ``parent`` did not die
-    before it was armed; cores and memory node; stdout/stderr; with ``keep_fd`` set, every
-    descriptor but 0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's
-    ``close_fds=True`` (an MPI process manager's pipes are not the worker's); default
-    SIGPIPE/SIGXFSZ; exec.
+    before it was armed; ``tracer`` (the launcher) allowed to ptrace it, so py-spy can take
+    native stacks under Yama's ptrace scope 1 without root; cores and memory node;
+    stdout/stderr; with ``keep_fd`` set, every descriptor but 0-2 and ``keep_fd``
+    (close-on-exec) closed, as torchrun's ``close_fds=True`` (an MPI process manager's pipes
+    are not the worker's); default SIGPIPE/SIGXFSZ; exec.
     """
     if new_session:
         os.setsid()
     arm_death_signal()
     if os.getppid() != parent:
         os._exit(1)  # the parent died before the death signal was armed: nobody wants us
+    if tracer is not None:
+        allow_tracer(tracer)
     if cpus:
         os.sched_setaffinity(0, cpus)
     if mem_node is not None:
@@ -105,6 +111,15 @@ def become_worker(
     for sig in RESTORED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     os.execve(argv[0], list(argv), env)
+
+
+def allow_tracer(pid: int) -> None:
+    """Let ``pid`` and its descendants ptrace this process (and, after exec, the program).
+    Without Yama the kernel refuses the option (EINVAL), and nothing needs allowing."""
+    try:
+        prctl(PR_SET_PTRACER, pid)
+    except OSError:
+        pass
 
 
 def prefer_memory_node(node: int) -> None:

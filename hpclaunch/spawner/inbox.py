@@ -15,7 +15,9 @@ from typing import AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+#: Ctrl-\ on a terminal, ``scancel --signal=QUIT``: every rank's stack (the job goes on).
+DUMP_SIGNALS = (signal.SIGQUIT,)
+HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + DUMP_SIGNALS + (signal.SIGCHLD,)
 
 
 def _ignore(signum: int, frame: Optional[FrameType]) -> None:

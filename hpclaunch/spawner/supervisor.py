@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-from typing import AbstractSet, Dict, List, Mapping, NoReturn, Optional
+from typing import TYPE_CHECKING, AbstractSet, Dict, List, Mapping, NoReturn, Optional
 
 from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
@@ -18,6 +18,7 @@ from hpclaunch.spawner import tree
 from hpclaunch.spawner.child import become_worker
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
+from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import (
     FATAL_SIGNALS,
     fork_with_signals_blocked,
@@ -31,6 +32,9 @@ from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 
+if TYPE_CHECKING:
+    from hpclaunch.spawner.stacks import DumpTarget
+
 
 def spawn_worker(
     spec: RankSpec,
@@ -38,6 +42,7 @@ def spawn_worker(
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
+    tracer: Optional[int] = None,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
@@ -51,7 +56,7 @@ def spawn_worker(
     parent = os.getpid()
     pid, old_mask = fork_with_signals_blocked(())
     if pid == 0:
-        _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd)
+        _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd, tracer)
     set_mask(old_mask)
     return pid, ""
 
@@ -64,6 +69,7 @@ def _child(
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
+    tracer: Optional[int],
 ) -> NoReturn:
     """Between fork and exec: only what must run in the child, then the shared setup."""
     try:
@@ -79,6 +85,7 @@ def _child(
             stderr_fd=stderr_fd,
             keep_fd=status_fd,
             new_session=True,
+            tracer=tracer,
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
@@ -127,6 +134,10 @@ class Supervisor(TreeSupervisor):
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
+        #: SIGQUIT's dumps and --stall_timeout (hpclaunch.spawner.hang)
+        self.watch_files = WatchFiles(plan, base_env)
+        self.hang = HangWatch(plan, self.watch_files, self.selector, reporter, events,
+                              self.dump_targets, self.relay.progress, self.adopt_helper)
         self.layout = wiring.Layout()
         # One pipe for every child's exec status, read by the loop: a child that cannot exec
         # writes one "<pid> <why>" line (atomic: shorter than PIPE_BUF) and exits 127.
@@ -155,6 +166,7 @@ class Supervisor(TreeSupervisor):
     def start_one(self, spec: RankSpec) -> None:
         env = dict(self.base_env)
         env.update(spec.env)
+        env.update(self.watch_files.worker_env(spec.local_rank, env))
         env[tree.TREE_TOKEN_VAR] = self.tree_token
         pid, error = self.spawn_with_output(spec, env)
         self.no_children = False
@@ -172,11 +184,12 @@ class Supervisor(TreeSupervisor):
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
         status = self.status_write
+        tracer = self.me if self.plan.launch.stack_dumps else None
 
         def spawn(
             spec: RankSpec, env: Mapping[str, str], out: Optional[int], err: Optional[int]
         ) -> tuple[int, str]:
-            return spawn_worker(spec, env, out, err, status)
+            return spawn_worker(spec, env, out, err, status, tracer)
 
         return wiring.spawn_with_output(
             spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_fds,
@@ -216,6 +229,18 @@ class Supervisor(TreeSupervisor):
             self.fatal_signal = sig
         self.reporter.info(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
 
+    def on_dump_request(self) -> None:
+        self.hang.on_sigquit()
+
+    def dump_targets(self) -> List[DumpTarget]:
+        """The live workers, for their stacks."""
+        from hpclaunch.spawner.stacks import DumpTarget
+
+        return [
+            DumpTarget(spec.local_rank, spec.rank, pid, self.log_fds.get(spec.log_path or ""))
+            for pid, spec in self.live.items()
+        ]
+
     def on_child_exit(self, pid: int, status: int) -> None:
         spec = self.live.pop(pid, None)
         if spec is not None:  # else an adopted orphan (we are its subreaper)
@@ -228,8 +253,8 @@ class Supervisor(TreeSupervisor):
             self.succeeded += 1
             self.check_all_done()
             return
-        if self.phase != self.RUNNING or self.failure is not None:
-            return  # a consequence of our own teardown, not a cause
+        if self.phase != self.RUNNING or self.failure is not None or self.hang.stalled is not None:
+            return  # a consequence of our own teardown (or of the stall), not a cause
         if code == 127 and self.status_read >= 0:
             self.read_exec_status(self.status_read)  # it wrote why before it exited
         log_path = spec.log_path
@@ -286,12 +311,17 @@ class Supervisor(TreeSupervisor):
         return not self.live and self.no_children
 
     def wake_timeout(self) -> Optional[float]:
-        return self.relay.next_timeout()
+        due = [self.relay.next_timeout(), self.hang.wake_timeout(self.phase == self.RUNNING)]
+        return min((d for d in due if d is not None), default=None)
 
     def on_wake(self) -> None:
         self.relay.show_idle()
+        running = self.phase == self.RUNNING
+        if self.hang.on_wake(running, self.relay.paused) and running:
+            self.begin_terminate()  # the stall is reported and its stacks are out
 
     def close(self) -> None:
+        self.hang.close()
         self.relay.drain_all()
         self.console.detach()
         # After a fatal signal the user wants out now: what the console cannot take at
@@ -311,6 +341,8 @@ class Supervisor(TreeSupervisor):
     def outcome(self) -> Outcome:
         if self.failure is not None:
             code = self.failure.status
+        elif self.hang.stalled is not None:
+            code = STALL_EXIT_STATUS
         elif self.fatal_signal is not None:
             code = 128 + self.fatal_signal
         elif self.succeeded < len(self.plan.workers):
@@ -329,6 +361,7 @@ class Supervisor(TreeSupervisor):
             failure=failure,
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
+            error="" if failure is not None else self.hang.outcome_error(),
         )
 
 
