@@ -77,6 +77,7 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert f"{dist_info}/licenses/LICENSE" in names
     assert "[console_scripts]" in entry_points
     assert "hpclaunch = hpclaunch.cli:main" in entry_points
+    assert "hpclaunch-report = hpclaunch.jobreport:main" in entry_points
     meta = metadata(wheel)
     assert meta["Name"] == "hpclaunch"
     assert meta["Requires-Python"] == ">=3.9"
@@ -132,3 +133,10 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_unprivileged(
     nobody = run(["id", "-u", "nobody"]).stdout.strip()
     said = sorted(line.split(": ", 1)[-1] for line in job.stdout.splitlines())
     assert said == [f"uid {nobody} rank 0 of 2", f"uid {nobody} rank 1 of 2"], job.stdout
+
+    # The job's record, written and read by the installed commands.
+    recorded = as_nobody([hpclaunch, "-q", "--event_log", "events/{node_rank}.jsonl",
+                          "--nproc_per_node", "1", "--no_python", "/bin/true"], home)
+    assert recorded.returncode == 0, recorded.stderr
+    story = as_nobody([str(venv / "bin" / "hpclaunch-report"), "events"], home)
+    assert story.returncode == 0 and "outcome: succeeded" in story.stdout, story.stderr

@@ -29,7 +29,7 @@ import json
 import os
 import selectors
 import signal
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.elastic import ElasticSetup
@@ -47,6 +47,9 @@ from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
@@ -93,12 +96,16 @@ class _ElasticSupervisor(TreeSupervisor):
 
     # ------------------------------------------------------------------ loop hooks
 
-    def forward(self, sig: int) -> None:
+    def forward(self, sig: int) -> int:
         workers = self.workers()
         for pid in workers:
             tree.send(pid, sig)
         self.note_sent(sig, "worker(s)", workers)
         self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
+        return len(workers)
+
+    def worker_count(self) -> int:
+        return len(self.workers())
 
     def on_fatal(self, sig: int) -> None:
         self.fatal_signal = sig
@@ -110,7 +117,9 @@ class _ElasticSupervisor(TreeSupervisor):
         self.read_result()
         self.reap()
 
-    def on_child_exit(self, pid: int, status: int) -> None:
+    def on_child_exit(
+        self, pid: int, status: int, usage: Optional[struct_rusage] = None
+    ) -> None:
         if pid == self.agent:
             self.agent_status = status
             self.on_agent_exit()
@@ -155,6 +164,7 @@ class _ElasticSupervisor(TreeSupervisor):
         if not left or self.phase == self.KILLING:
             return
         if self.phase == self.RUNNING:
+            self.note_teardown("leftovers")
             self.leftovers = len(left)
             self.reporter.warning(
                 f"the elastic agent is done but {len(left)} process(es) the workers started "
