@@ -11,8 +11,10 @@ from typing import List
 from tests.conftest import WORKER
 from tests.recording import metric, named, parse_metrics, read_events, report, report_json
 from tests.slurm.cluster import SlurmCluster
-from tests.slurm.conftest import launcher
+from tests.slurm.conftest import ROOT, launcher
 from tests.slurm.test_slurm_cluster import SIGWORKER, sbatch, srun, wait_for_files
+
+ELASTIC_JOB = str(ROOT / "tests" / "elastic" / "bin" / "elastic_job.py")
 
 
 def record_flags(tmp_path: Path) -> List[str]:
@@ -99,3 +101,33 @@ def test_scancel_is_a_signal_from_outside_on_every_node(
     assert "SIGTERM from outside" in story["root_cause"]["what"]
     assert len([s for s in story["signals"] if "SIGTERM" in s["what"]]) >= 2
 
+
+def test_an_elastic_job_under_srun_records_its_restart_on_every_node(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "out").mkdir()
+    result = slurm_cluster.run(
+        ["srun", "-N2", "--ntasks-per-node=1", "--kill-on-bad-exit=0", *launcher(),
+         *record_flags(tmp_path), "--enable_elastic_training", "--nproc_per_node", "2",
+         "--kill_timeout", "3", ELASTIC_JOB, "--out", str(tmp_path / "out"),
+         "--fail-rank", "3"],
+        timeout=240, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = node_logs(tmp_path)
+    assert len(logs) == 2
+    reasons = []
+    for node, path in enumerate(logs):
+        events = read_events(path)
+        assert {e["node_rank"] for e in events} == {node} and events[-1]["exit_status"] == 0
+        (restart,) = named(events, "restart")
+        reasons.append(restart["reason"])
+        assert events[0]["elastic"] is True and events[0]["adapter"] == "slurm"
+    # The node that ran rank 3 restarted because its group failed; the other one because
+    # the membership changed (torch re-ran its workers for the new round).
+    assert sorted(reasons) == ["membership changed", "worker group failed"]
+    story = report_json(str(tmp_path / "events"))
+    assert story["outcome"] == "succeeded"
+    assert (story["root_cause"]["rank"], story["root_cause"]["exit_code"]) == (3, 3)
+    failed_node = reasons.index("worker group failed")
+    assert story["root_cause"]["node_rank"] == failed_node

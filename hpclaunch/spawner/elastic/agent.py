@@ -39,18 +39,20 @@ def shutdown_timeout(kill_timeout: float) -> int:
     return int(math.ceil(kill_timeout))
 
 
-def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
+def worker_config(plan: LaunchPlan, agent_pid: int, notify: str = "") -> str:
     """worker.py's JSON: per local rank the plan's fixed variables, cores and memory node,
-    and the per-rank log's name around the rank (known only after each rendezvous)."""
+    the per-rank log's name around the rank (known only after each rendezvous), and the
+    launcher's socket each worker says hello to (:mod:`hpclaunch.spawner.elastic.watch`)."""
     ranks = []
     for spec in plan.workers:
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
         ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
                       "mem_node": spec.mem_node})
-    return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts()},
-        separators=(",", ":"),
-    )
+    config: Dict[str, Any] = {"agent": agent_pid, "ranks": ranks,
+                              "log_path": plan.log_path_parts()}
+    if notify:
+        config["notify"] = notify
+    return json.dumps(config, separators=(",", ":"))
 
 
 class AgentRun(NamedTuple):
@@ -61,6 +63,8 @@ class AgentRun(NamedTuple):
     shutdown_timeout: int
     #: Whether torch's agent logs at info level (the launcher's reporter is at debug).
     debug: bool
+    #: The abstract socket the workers say hello to ("": none).
+    notify: str = ""
 
 
 # --------------------------------------------------------------------------- the agent
@@ -142,7 +146,7 @@ def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int, voice: Reporter
         shutdown_timeout=run.shutdown_timeout,
     )
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
-    shim_config = worker_config(plan, os.getpid()).replace("$", "$$")
+    shim_config = worker_config(plan, os.getpid(), run.notify).replace("$", "$$")
     args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]
     try:
         elastic_launch(config, sys.executable)(*args)

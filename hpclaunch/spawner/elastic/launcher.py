@@ -29,24 +29,28 @@ import json
 import os
 import selectors
 import signal
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional
+import socket
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.elastic import ElasticSetup
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import logs, tree
+from hpclaunch.spawner.elastic import watch
 from hpclaunch.spawner.elastic.agent import (
     SHARED_STORE_KNOB,
     AgentRun,
     fork_agent,
     shutdown_timeout,
 )
+from hpclaunch.spawner.elastic.watch import WorkerWatch
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.usage import WorkerUsage
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -83,6 +87,7 @@ class _ElasticSupervisor(TreeSupervisor):
         result_fd: int,
         helpers: AbstractSet[int],
         events: Events,
+        hellos: Optional[socket.socket] = None,
     ) -> None:
         super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers, events)
         self.plan = plan
@@ -93,6 +98,16 @@ class _ElasticSupervisor(TreeSupervisor):
         self.result: Dict[str, Any] = {}
         self.buffer = b""
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
+        self.node = (plan.world.node_rank, plan.host)
+        self.watch = WorkerWatch(self, hellos, agent) if hellos is not None else None
+
+    def ends_by_pid(self) -> List[Tuple[int, WorkerUsage]]:
+        return self.watch.ends if self.watch is not None else []
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        super().close()
 
     # ------------------------------------------------------------------ loop hooks
 
@@ -240,6 +255,10 @@ class _ElasticSupervisor(TreeSupervisor):
                     "(--max_restarts)"
                 ),
             )
+            seen = [end for pid, end in self.ends_by_pid() if pid == failure.pid]
+            if seen:  # what the launcher saw of that worker's exit (elastic/watch.py)
+                failure = failure._replace(cpu_seconds=seen[-1].cpu_seconds,
+                                           oom_killed=seen[-1].oom_killed)
             return Outcome(exit_code=failure.status, failure=failure)
         if kind == "signal":
             sig = int(self.result["signal"])
@@ -281,14 +300,20 @@ def run_elastic(
     require_torch()
     if plan.log_dir:
         logs.make_log_dir(plan.log_dir)  # a bad one is exit 2 before anything starts
-    run = AgentRun(
-        setup=setup,
-        shutdown_timeout=shutdown_timeout(plan.launch.kill_timeout),
-        debug=reporter.enabled(DEBUG),
-    )
     result_fd = -1
+    hellos: Optional[socket.socket] = None
     with launch_guard(plan.launch.pid_file) as guard:
         try:
+            try:
+                hellos = watch.listen(guard.token)
+            except OSError as exc:
+                reporter.debug(f"no record of elastic workers' starts and exits ({exc})")
+            run = AgentRun(
+                setup=setup,
+                shutdown_timeout=shutdown_timeout(plan.launch.kill_timeout),
+                debug=reporter.enabled(DEBUG),
+                notify=watch.socket_name(guard.token) if hellos is not None else "",
+            )
             reporter.info(plan.banner())
             env = dict(base_env)
             env[tree.TREE_TOKEN_VAR] = guard.token  # the workers inherit it: the watchdog's mark
@@ -312,8 +337,10 @@ def run_elastic(
                 f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
             )
             supervisor = _ElasticSupervisor(
-                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events
+                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events,
+                hellos,
             )
+            hellos = None  # the supervisor's now
             supervisor.handle_signals([])
             supervisor.loop()
             guard.clean = supervisor.finished()
@@ -321,6 +348,8 @@ def run_elastic(
         finally:
             if result_fd >= 0:
                 os.close(result_fd)
+            if hellos is not None:
+                hellos.close()
 
 
 __all__ = ["run_elastic"]
