@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpclaunch.errors import UsageError
@@ -17,17 +19,54 @@ from hpclaunch.jobreport.story import build_story, parse_log, parse_time, read_l
 from hpclaunch.machine.oom import counter_file, read_oom_kills
 from hpclaunch.options import check_record_path
 from hpclaunch.spawner.metrics import JobMetrics, exit_label
-from hpclaunch.spawner.record import iso_utc
-from hpclaunch.spawner.usage import NodeUsage, WorkerUsage, rank_ranges
+from hpclaunch.spawner.record import EventLog
+from hpclaunch.spawner.usage import NodeUsage, WorkerUsage, launcher_clock, rank_ranges
 from tests.recording import metric
 
 
+@pytest.fixture(scope="module")
+def event_log() -> Iterator[EventLog]:
+    import hpclaunch
+
+    with tempfile.TemporaryDirectory() as folder:
+        plan = hpclaunch.plan(hpclaunch.detect_world({}, nproc_per_node=1), ["/bin/true"])
+        log = EventLog(os.path.join(folder, "events.jsonl"), plan, launcher_clock())
+        yield log
+        log.close()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
-def test_event_times_are_iso_utc_with_microseconds(wall: float) -> None:
-    text = iso_utc(wall)
+def test_event_times_are_iso_utc_with_microseconds(event_log: EventLog, wall: float) -> None:
+    text = event_log.utc(wall)
     parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    assert abs(parsed.timestamp() - wall) <= 1e-6
-    assert abs(parse_time(text) - wall) <= 1e-6
+    assert 0 <= wall - parsed.timestamp() < 2e-6  # truncated to the microsecond
+    assert abs(parse_time(text) - parsed.timestamp()) < 1e-6
+
+
+@given(st.dictionaries(st.text(max_size=8), st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
+    st.lists(st.integers(), max_size=3)), max_size=6))
+def test_any_fields_make_one_json_line(fields: dict) -> None:  # type: ignore[type-arg]
+    """Whatever an emitter passes, the line is one line of JSON holding its fields (the
+    header's names stay the header's)."""
+    with tempfile.TemporaryDirectory() as folder:
+        import hpclaunch
+
+        plan = hpclaunch.plan(hpclaunch.detect_world({}, nproc_per_node=1), ["/bin/true"])
+        log = EventLog(os.path.join(folder, "e.jsonl"), plan, launcher_clock())
+        log.write("some_event", fields)
+        log.close()
+        data = Path(folder, "e.jsonl").read_bytes()
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    line = json.loads(data)
+    assert line["event"] == "some_event" and line["node_rank"] == 0
+    for key, value in fields.items():
+        if key not in ("schema", "event", "time", "elapsed", "run_id", "node_rank", "host"):
+            if isinstance(value, float) and value != value:
+                assert line[key] != line[key]  # NaN, as Python's json writes it
+            else:
+                assert line[key] == value
 
 
 @given(st.sets(st.integers(min_value=0, max_value=300)))
