@@ -14,7 +14,17 @@ import subprocess
 from pathlib import Path
 from typing import List
 
-from tests.conftest import free_port, kill_all, run_launcher, start_launcher
+from tests.conftest import (
+    BIN,
+    free_port,
+    kill_all,
+    launcher_cmd,
+    marked_env,
+    processes_with_mark,
+    run_launcher,
+    start_launcher,
+    wait_no_marked,
+)
 from tests.elastic.test_elastic import ELASTIC, JOB, ready, wait_for_world, world_info
 from tests.recording import (
     fifo_at,
@@ -25,6 +35,8 @@ from tests.recording import (
     report,
     report_json,
 )
+
+HOG = str(BIN / "hog.py")
 
 
 def record_flags(tmp_path: Path) -> List[str]:
@@ -162,3 +174,55 @@ def test_two_nodes_one_log_each_and_the_failing_node_is_found(
     assert partial["root_cause"] is None  # its own workers only stopped: no cause here
     assert f"missing: no event log from node {failing[0]} (node{failing[0]})" in report(
         alone).stdout
+
+
+def test_a_worker_the_oom_killer_ends_under_the_agent(
+    torch_available: None, tmp_path: Path
+) -> None:
+    """In a memory cgroup big enough for torch's agent (~220 MiB), a worker that keeps taking
+    memory is the OOM killer's victim; the launcher, which does not reap it, names it."""
+    from tests.integration.memcg import MemoryCgroup
+
+    with MemoryCgroup(limit=768 << 20) as cgroup:
+        proc = cgroup.popen(launcher_cmd(
+            *ELASTIC, *record_flags(tmp_path), "--nproc_per_node", "2", "--max_restarts", "0",
+            "--master_port", str(free_port()), HOG, "--hog-rank", "1", "--mib", "0"))
+        try:
+            _, stderr = proc.communicate(timeout=180)
+        finally:
+            kill_all([proc.pid])
+        assert cgroup.oom_kills() >= 1
+    assert proc.returncode == 128 + signal.SIGKILL, stderr
+    events = read_events(tmp_path / "events" / "node0.jsonl")
+    (victim,) = [e for e in named(events, "worker_exit") if e["oom_killed"]]
+    assert victim["rank"] == 1 and victim["signal"] == "SIGKILL"
+    assert not victim["during_teardown"]
+    assert "the kernel's OOM killer ended it" in stderr
+    assert "rank 1 killed by the OOM killer" in stderr  # the usage line
+    root = report_json(str(tmp_path / "events"))["root_cause"]
+    assert root["rank"] == 1 and root["oom_killed"] is True
+
+
+def test_a_sigkilled_elastic_launcher_leaves_whole_lines(
+    torch_available: None, tmp_path: Path, mark: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with fifo_at(tmp_path / "ready.fifo") as fifo, fifo_at(tmp_path / "stop.fifo") as stop:
+        proc = start_launcher(*ELASTIC, *record_flags(tmp_path), "--nproc_per_node", "2",
+                              "--master_port", str(free_port()), JOB, "--out", str(out),
+                              "--ready", fifo.path, "--stop", stop.path, "--train",
+                              env=marked_env(mark))
+        try:
+            ready(fifo.expect(2, timeout=120))
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            assert wait_no_marked(mark, timeout=30) == []  # agent and workers went with it
+        finally:
+            kill_all([proc.pid, *processes_with_mark(mark)])
+    events = read_events(tmp_path / "events" / "node0.jsonl")  # every line whole
+    assert named(events, "end") == [] and len(named(events, "worker_spawned")) == 2
+    parse_metrics(tmp_path / "metrics-0.prom")
+    story = report_json(str(tmp_path / "events"))
+    assert story["outcome"] == "incomplete record"
+    assert story["nodes"]["log_stops_early"][0]["node_rank"] == 0
