@@ -173,7 +173,7 @@ class TreeSupervisor:
         if self.teardown_began is not None:
             self.events.emit(
                 "teardown",
-                **self.teardown_why,
+                **(self.teardown_why or {"reason": "unknown"}),
                 sigterm=len(self.terminated),
                 sigkill=len(self.killed),
                 seconds=round(time.monotonic() - self.teardown_began, 6),
