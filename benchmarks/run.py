@@ -207,6 +207,22 @@ def build(
                     {c: (f"spawn/{c}", "cpu_ms_per_worker") for c in
                      ("hpclaunch", "torchrun", "deepspeed", "floor")},
                     floor_name="minimal Python spawner", target="informational"))
+    hpc = found.get(L.HPCLAUNCH)
+    if hpc is not None:
+        # Issue 23: the job's record (an event per spawn and exit, metrics rewritten on the
+        # loop's clock) must cost nothing measurable at 256 workers.
+        add("spawn/hpclaunch+record", hpc,
+            lambda d: _with_per_worker_cpu(wall(
+                hpc.argv(k, [TRUE], python=False, port=free_port(),
+                         extra=("--event_log", str(d / "events.jsonl"),
+                                "--metrics_file", str(d / "metrics.prom"))),
+                env, d, 300), k),
+            cfg.reps, 300)
+        rows.append(Row(1, f"… hpclaunch, spawn {k} with `--event_log` + `--metrics_file` "
+                        "(floor: hpclaunch without them)", "s",
+                        {"hpclaunch": ("spawn/hpclaunch+record", "value"),
+                         "floor": ("spawn/hpclaunch", "value")},
+                        floor_name="hpclaunch without the record", judge=_judge_record))
     for lau in peers:
         add(f"start/{lau.name}", lau,
             lambda d, lau=lau: start_latency(
@@ -690,6 +706,18 @@ def _judge_spawn(results: Results) -> Tuple[Optional[bool], str]:
         if other:
             text += f"; {hpc / other:.2f}× {what}"
     return hpc / floor <= 1.5, text
+
+
+def _judge_record(results: Results) -> Tuple[Optional[bool], str]:
+    """Within noise: the medians differ by less than the spread of the plain runs (or 5%)."""
+    on = results.stats("spawn/hpclaunch+record", "value")
+    off = results.stats("spawn/hpclaunch", "value")
+    if on is None or off is None:
+        return None, "within noise of without: not measured"
+    noise = max(off.high - off.low, 0.05 * off.median)
+    delta = on.median - off.median
+    return delta <= noise, (f"within noise of without: {delta * 1000:+.1f} ms "
+                            f"({on.median / off.median:.3f}×; noise {noise * 1000:.1f} ms)")
 
 
 def _judge_termall(results: Results) -> Tuple[Optional[bool], str]:

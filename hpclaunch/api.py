@@ -175,7 +175,8 @@ def launch(
     dumps every rank's stack) are handled for the launch's duration, as in the CLI. Raises
     :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option, log directory
     or PID file, a master port in use, too low a file-descriptor limit, or elastic mode
-    without torch.
+    without torch. ``event_log``/``metrics_file`` (the plan's output options, or keywords
+    here) keep the launch's record: see docs/events.md.
     """
     from hpclaunch.spawner import run
     from hpclaunch.spawner.output.console import Console
@@ -190,8 +191,13 @@ def launch(
     if voice.enabled(DEBUG):
         voice.debug(f"plan: {plan.to_json_text()}")
     console = Console()
+    speaker = voice.through(console.message)
     try:
-        return run(plan, base_env, voice.through(console.message), console)
+        if plan.output.event_log is None and plan.output.metrics_file is None:
+            return run(plan, base_env, speaker, console)
+        from hpclaunch.spawner.record import recorded_run
+
+        return recorded_run(plan, base_env, speaker, console, run)
     finally:
         console.close()
 

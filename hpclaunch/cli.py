@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
           help="pass workers' console output through raw, without [rank<R>]: prefixes")
     _flag(logs, "--ranks_filter", default=None,
           help="show only these ranks' console output, e.g. 0,3 (others are discarded)")
+    _flag(logs, "--event_log", default=None, metavar="PATH",
+          help="append one JSON line per launch event to PATH ({node_rank}, {host}, {run_id} "
+          "are filled in; schema: docs/events.md)")
+    _flag(logs, "--metrics_file", default=None, metavar="PATH",
+          help="keep Prometheus metrics in PATH (node_exporter's textfile collector), "
+          "rewritten atomically every few seconds and at the end")
     elastic = parser.add_argument_group("elastic")
     _flag(elastic, "--enable_elastic_training", action="store_true",
           help="run workers under torch's elastic agent")
@@ -309,6 +315,8 @@ def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
             ranks_filter=(
                 parse_ranks_filter(args.ranks_filter) if args.ranks_filter is not None else None
             ),
+            event_log=args.event_log,
+            metrics_file=args.metrics_file,
         ),
         launch=launch,
         elastic=elastic,

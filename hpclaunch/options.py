@@ -64,9 +64,17 @@ class OutputOptions(NamedTuple):
     raw_output: bool = False
     #: ``--ranks_filter``: only these global ranks' console output is shown (None: all).
     ranks_filter: Optional[FrozenSet[int]] = None
+    #: ``--event_log PATH``: one JSON line per launch event; ``{node_rank}``, ``{host}``,
+    #: ``{run_id}`` in PATH are filled in (see :mod:`hpclaunch.spawner.record`).
+    event_log: Optional[str] = None
+    #: ``--metrics_file PATH``: Prometheus text, rewritten atomically while the job runs.
+    metrics_file: Optional[str] = None
 
     def check(self, world_size: int) -> None:
         """A filter naming a rank the world does not have is a typo, not a wish for silence."""
+        for flag, path in (("--event_log", self.event_log), ("--metrics_file", self.metrics_file)):
+            if path is not None:
+                check_record_path(flag, path)
         if self.ranks_filter is None:
             return
         bad = [r for r in self.ranks_filter if isinstance(r, bool) or not isinstance(r, int)]
@@ -172,6 +180,34 @@ def check_stall_timeout(seconds: object) -> None:
         raise UsageError(
             f"--stall_timeout {shown}: give seconds from 1 to 604800 (or 0 for no stall check)"
         )
+
+
+#: What ``--event_log``/``--metrics_file`` paths may name, filled in per node.
+RECORD_PATH_FIELDS = ("node_rank", "host", "run_id")
+
+
+def check_record_path(flag: str, path: object) -> None:
+    """A record path is a non-empty string whose ``{...}`` name only :data:`RECORD_PATH_FIELDS`
+    (a format spec such as ``{node_rank:03d}`` is fine; attributes and indexes are not), so a
+    typo is refused before anything starts rather than found in a file name afterwards."""
+    if not isinstance(path, str) or not path.strip() or "\0" in path:
+        raise UsageError(f"{flag} {path!r}: give a file path")
+    import string
+
+    fields = ", ".join("{" + name + "}" for name in RECORD_PATH_FIELDS)
+    try:
+        parts = list(string.Formatter().parse(path))
+    except ValueError as exc:
+        raise UsageError(
+            f"{flag} {path!r}: {exc} (write a literal brace as {{{{ or }}}}; fields: {fields})"
+        ) from None
+    for _, name, _, conversion in parts:
+        if name is not None and (name not in RECORD_PATH_FIELDS or conversion):
+            raise UsageError(f"{flag} {path!r}: unknown field {{{name}}}: use {fields}")
+    try:
+        path.format(node_rank=0, host="host", run_id="run")
+    except ValueError as exc:
+        raise UsageError(f"{flag} {path!r}: {exc} (fields: {fields})") from None
 
 
 def format_ranks(ranks: AbstractSet[object]) -> str:

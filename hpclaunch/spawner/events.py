@@ -12,7 +12,10 @@ Event names and their fields are documented with the event log's schema (docs/ev
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+#: rank -> ``time.monotonic()`` of its latest sign of life (output, heartbeat).
+Progress = Mapping[int, float]
 
 
 class Events(Protocol):
@@ -20,6 +23,16 @@ class Events(Protocol):
 
     def emit(self, name: str, **fields: Any) -> None:
         """Record event ``name``; must never raise and never block for long."""
+        ...
+
+    def next_timeout(self) -> Optional[float]:
+        """Seconds until the recorder has something to do (rewrite the metrics); None: never.
+        The event loop wakes for it, then calls :meth:`on_wake`."""
+        ...
+
+    def on_wake(self, progress: Callable[[], Progress]) -> None:
+        """After every wake-up of the event loop; ``progress`` gives the supervisor's progress
+        stamps, called only when the recorder needs them."""
         ...
 
     def close(self) -> None:
@@ -33,8 +46,14 @@ class NoEvents:
     def emit(self, name: str, **fields: Any) -> None:
         return None
 
+    def next_timeout(self) -> Optional[float]:
+        return None
+
+    def on_wake(self, progress: Callable[[], Progress]) -> None:
+        return None
+
     def close(self) -> None:
         return None
 
 
-__all__ = ["Events", "NoEvents"]
+__all__ = ["Events", "NoEvents", "Progress"]

@@ -38,6 +38,7 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
     inbox.install()
     guard = LaunchGuard(inbox)
     pid_written = False
+    adopted = False
     watchdog: Optional[tree.Watchdog] = None
     try:
         if pid_file is not None:
@@ -53,10 +54,14 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
         if pid_file is not None:
             pidfile.write_pid_file(pid_file, os.getpid())
             pid_written = True
-        tree.become_subreaper()
+        # A program that goes on after the launch (the API) must not keep adopting, and
+        # never reaping, its orphans: the bit is ours only for the launch's duration.
+        adopted = not tree.is_subreaper() and tree.become_subreaper()
         child.libc()  # loaded before any fork: no dynamic loader between fork and exec
         yield guard
     finally:
+        if adopted:
+            tree.become_subreaper(False)
         if watchdog is not None:
             if guard.clean:
                 watchdog.done()

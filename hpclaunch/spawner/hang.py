@@ -178,6 +178,17 @@ class HangWatch:
         self.stall_over = False
         self.scancel: Optional[StepSignal] = None
 
+    def progress(self, output: Mapping[int, float]) -> Dict[int, float]:
+        """rank -> the latest of its output (``output``) and heartbeat stamps (the metrics'
+        view; heartbeats are read only when ``--stall_timeout`` watches them)."""
+        seen = dict(output)
+        if self.watch is not None:
+            for spec in self.plan.workers:
+                beat = self.watch.heartbeats.seen.get(spec.local_rank)
+                if beat is not None and beat > seen.get(spec.rank, float("-inf")):
+                    seen[spec.rank] = beat
+        return seen
+
     @property
     def dumper(self) -> StackDumper:
         """Made at the first dump: a launch without one never imports it."""

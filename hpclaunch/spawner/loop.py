@@ -3,9 +3,10 @@
 Signal handlers do nothing but let Python write the signal number to a wakeup pipe
 (``signal.set_wakeup_fd``); one ``selectors`` loop sleeps on that pipe (and on whatever
 other descriptors a subclass registers, with a callback as the key's data) and wakes for
-SIGCHLD, SIGINT/TERM/HUP, SIGUSR1/2 and SIGQUIT. Children are reaped with ``waitpid(-1,
+SIGCHLD, SIGINT/TERM/HUP, SIGUSR1/2 and SIGQUIT. Children are reaped with ``wait4(-1,
 WNOHANG)``: because the launcher is a subreaper, the same call reaps adopted orphans and, by
-raising ``ECHILD``, says when the last descendant is gone.
+raising ``ECHILD``, says when the last descendant is gone; its rusage (CPU time, peak RSS)
+comes with the exit status, free.
 
 Teardown is torch elastic's TERM -> bounded wait -> KILL -> bounded wait, applied to whole
 process trees (every descendant, however detached) rather than to process groups only.
@@ -19,12 +20,17 @@ import os
 import selectors
 import signal
 import time
-from typing import AbstractSet, FrozenSet, List, Optional, Sequence, Set
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Set
 
+from hpclaunch.machine.oom import OomWatch
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import tree
-from hpclaunch.spawner.events import Events, NoEvents
+from hpclaunch.spawner.events import Events, NoEvents, Progress
 from hpclaunch.spawner.inbox import DUMP_SIGNALS, FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
+from hpclaunch.spawner.usage import NodeUsage, WorkerUsage, launcher_clock, signal_name
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
@@ -64,14 +70,30 @@ class TreeSupervisor:
         self.fatal_signal: Optional[int] = None
         #: Processes the workers left running after they themselves were done.
         self.leftovers = 0
+        #: Why teardown began (the ``teardown`` event's fields), when it began, and every
+        #: process (or worker process group) sent SIGTERM on the way.
+        self.teardown_why: Dict[str, Any] = {}
+        self.teardown_began: Optional[float] = None
+        self.terminated: Set[int] = set()
+        self.wrapped_up = False
+        #: The kernel's OOM kill count, read now: a worker's SIGKILL is then explained or not.
+        self.oom = OomWatch()
+        #: What the workers used, and (node rank, host) for the line that says it.
+        self.usage = NodeUsage()
+        self.node = (0, "")
         self.selector = selectors.DefaultSelector()
         self.selector.register(inbox.read_fd, selectors.EVENT_READ, None)
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def forward(self, sig: int) -> None:
-        """Pass SIGUSR1/SIGUSR2 on to the workers (never interpreted by the launcher)."""
+    def forward(self, sig: int) -> int:
+        """Pass SIGUSR1/SIGUSR2 on to the workers (never interpreted by the launcher); returns
+        to how many."""
         raise NotImplementedError
+
+    def worker_count(self) -> int:
+        """Workers running now (for the record of a signal)."""
+        return 0
 
     def on_fatal(self, sig: int) -> None:
         """A first SIGINT/TERM/HUP arrived while running; teardown starts right after."""
@@ -84,8 +106,10 @@ class TreeSupervisor:
         """Send the first, polite signal; must call :meth:`start_clock`."""
         raise NotImplementedError
 
-    def on_child_exit(self, pid: int, status: int) -> None:
-        """A child was reaped (a worker, an agent, or an adopted orphan)."""
+    def on_child_exit(
+        self, pid: int, status: int, usage: Optional[struct_rusage] = None
+    ) -> None:
+        """A child was reaped (a worker, an agent, or an adopted orphan), with its rusage."""
 
     def finished(self) -> bool:
         return self.no_children
@@ -97,23 +121,98 @@ class TreeSupervisor:
     def on_wake(self) -> None:
         """Runs after every wake-up (e.g. to show a partial line that waited long enough)."""
 
+    def progress(self) -> Progress:
+        """rank -> ``time.monotonic()`` of its latest output or heartbeat (the metrics')."""
+        return {}
+
+    def report_usage(self) -> None:
+        """The job is over here: say what the workers used (one info line)."""
+        if self.usage.ends or self.usage.started:
+            self.reporter.info(self.usage.summary(*self.node, launcher_clock().elapsed()))
+
+    def record_exit(
+        self,
+        pid: int,
+        rank: int,
+        local_rank: int,
+        code: Optional[int],
+        sig: Optional[int],
+        cpu_seconds: Optional[float],
+        peak_rss: Optional[int],
+        consequence: bool = False,
+    ) -> WorkerUsage:
+        """Keep a worker's end for the usage line and record it (``worker_exit``).
+
+        A SIGKILL the launcher did not send is checked against the kernel's OOM kill count.
+        ``consequence``: the worker was being stopped already (elastic mode: torch's agent
+        stopping the group after a failure), as it is whenever the launcher tears down.
+        """
+        oom = sig == signal.SIGKILL and pid not in self.killed and self.oom.claim()
+        end = WorkerUsage(rank, code, sig, cpu_seconds, peak_rss, oom)
+        self.usage.add(end)
+        self.events.emit(
+            "worker_exit",
+            rank=rank,
+            local_rank=local_rank,
+            pid=pid,
+            exit_code=code,
+            signal=signal_name(sig) if sig is not None else None,
+            cpu_seconds=cpu_seconds,
+            peak_rss_bytes=peak_rss,
+            oom_killed=oom,
+            during_teardown=consequence or self.phase != self.RUNNING,
+        )
+        return end
+
     def close(self) -> None:
+        self.wrap_up()
         self.selector.close()
+
+    def wrap_up(self) -> None:
+        """Once, at the end, before the console goes: the teardown's record, the usage line."""
+        if self.wrapped_up:
+            return
+        self.wrapped_up = True
+        if self.teardown_began is not None:
+            self.events.emit(
+                "teardown",
+                **(self.teardown_why or {"reason": "unknown"}),
+                sigterm=len(self.terminated),
+                sigkill=len(self.killed),
+                seconds=round(time.monotonic() - self.teardown_began, 6),
+                gave_up=self.phase == self.KILLING and not self.finished(),
+            )
+        self.report_usage()
+
+    def note_teardown(self, reason: str, **detail: Any) -> None:
+        """Why the teardown that starts now starts (the first reason given wins)."""
+        if not self.teardown_why:
+            self.teardown_why = {"reason": reason, **detail}
 
     # ------------------------------------------------------------------ events
 
     def handle_signals(self, received: List[int]) -> None:
         for sig in received:
+            name = signal_name(sig) if sig in FORWARDED_SIGNALS or sig in FATAL_SIGNALS else ""
             if sig in FORWARDED_SIGNALS:
                 if self.phase == self.RUNNING:
-                    self.forward(sig)
+                    count = self.forward(sig)
+                    self.events.emit("signal", signal=name, action="forwarded", workers=count)
+                else:
+                    self.events.emit("signal", signal=name, action="ignored: tearing down")
             elif sig in FATAL_SIGNALS:
                 if self.phase == self.RUNNING:
+                    self.events.emit("signal", signal=name, action="teardown",
+                                     workers=self.worker_count())
+                    self.note_teardown("signal", signal=name)
                     self.on_fatal(sig)
                     self.begin_terminate()
                 elif self.phase == self.TERMINATING:
-                    self.reporter.info(f"got {signal.Signals(sig).name} again: killing now")
+                    self.events.emit("signal", signal=name, action="kill")
+                    self.reporter.info(f"got {name} again: killing now")
                     self.begin_kill()
+                else:
+                    self.events.emit("signal", signal=name, action="ignored: killing already")
             elif sig in DUMP_SIGNALS:
                 self.on_dump_request()
         self.after_signals()
@@ -124,7 +223,7 @@ class TreeSupervisor:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.no_children = True
                 return
@@ -134,7 +233,7 @@ class TreeSupervisor:
             if pid in self.helpers:
                 self.helpers = self.helpers - {pid}
                 continue
-            self.on_child_exit(pid, status)
+            self.on_child_exit(pid, status, usage)
 
     def adopt_helper(self, pid: int) -> None:
         """A short-lived tool the launcher started (py-spy, scancel): never a worker or a
@@ -166,6 +265,8 @@ class TreeSupervisor:
     def note_sent(self, sig: int, what: str, pids: Sequence[int]) -> None:
         """Every signal the launcher sends is a debug line (built only when debug is on): one
         line per batch, said by whoever sends it (``tree.send`` itself stays silent)."""
+        if sig == signal.SIGTERM:
+            self.terminated.update(pids)
         if pids and self.reporter.enabled(DEBUG):
             shown = " ".join(str(pid) for pid in pids)
             self.reporter.debug(f"sent {signal.Signals(sig).name} to {len(pids)} {what}: {shown}")
@@ -178,6 +279,8 @@ class TreeSupervisor:
     # ------------------------------------------------------------------ teardown
 
     def start_clock(self, extra: float = 0.0) -> None:
+        if self.teardown_began is None:
+            self.teardown_began = time.monotonic()
         self.phase = self.TERMINATING
         self.deadline = time.monotonic() + self.kill_timeout + extra
 
@@ -204,13 +307,14 @@ class TreeSupervisor:
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
-                wake = self.wake_timeout()
-                if wake is not None and (timeout is None or wake < timeout):
-                    timeout = wake
+                for wake in (self.wake_timeout(), self.events.next_timeout()):
+                    if wake is not None and (timeout is None or wake < timeout):
+                        timeout = wake
                 for key, _ in self.selector.select(timeout):
                     if key.data is not None:
                         key.data(key.fd)
                 self.on_wake()
+                self.events.on_wake(self.progress)
                 self.handle_signals(self.inbox.drain())
                 if self.finished():
                     break

@@ -25,6 +25,10 @@ class WorkerFailure(NamedTuple):
     detail: str = ""  # e.g. why exec failed
     #: Its last lines as the relay saw them (console output, shown or filtered).
     output_tail: Tuple[str, ...] = ()
+    #: What it used (from wait4; None: not known) and whether the kernel's OOM killer ended it.
+    cpu_seconds: Optional[float] = None
+    peak_rss: Optional[int] = None
+    oom_killed: bool = False
 
     @property
     def status(self) -> int:
@@ -40,6 +44,8 @@ class WorkerFailure(NamedTuple):
             except ValueError:
                 name = f"signal {self.signal}"
             how = f"was killed by {name} ({self.signal})"
+            if self.oom_killed:
+                how += ": the kernel's OOM killer ended it (out of memory)"
         else:
             how = f"exited with code {self.exit_code}"
         who = f"rank {self.rank} (local_rank {self.local_rank}, pid {self.pid})"
@@ -73,6 +79,24 @@ def refuses_local_rank(lines: Sequence[str]) -> bool:
     return any(re.search(_REFUSED_LOCAL_RANK, line) for line in lines)
 
 
+def resources_line(failure: WorkerFailure) -> str:
+    """``used: peak RSS 1.2 GiB, CPU 3.4 s`` (what is known), with the OOM killer's hint."""
+    from hpclaunch.spawner.usage import format_bytes, format_seconds
+
+    parts = []
+    if failure.peak_rss is not None:
+        parts.append(f"peak RSS {format_bytes(failure.peak_rss)}")
+    if failure.cpu_seconds is not None:
+        parts.append(f"CPU {format_seconds(failure.cpu_seconds)} (user+system)")
+    text = f"used: {', '.join(parts)}" if parts else ""
+    if failure.oom_killed:
+        text += ("; " if text else "") + (
+            "its memory limit (cgroup or machine) was reached: give it more memory or make it "
+            "use less"
+        )
+    return text
+
+
 def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:
     """Lines for the reporter: what failed, where its output went, and its last lines.
 
@@ -81,6 +105,9 @@ def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:
     lines = [f"worker failed: {failure.describe()}"]
     if failure.detail:
         lines.append(f"  {failure.detail}")
+    used = resources_line(failure)
+    if used:
+        lines.append(f"  {used}")
     if failure.log_path is not None:
         lines.append(f"  log: {failure.log_path}")
         last = tail_lines(failure.log_path, tail)

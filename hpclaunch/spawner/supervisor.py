@@ -31,6 +31,12 @@ from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.usage import NodeUsage, cpu_and_peak
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
+
+    from hpclaunch.spawner.events import Progress
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.stacks import DumpTarget
@@ -144,6 +150,8 @@ class Supervisor(TreeSupervisor):
         self.status_read, self.status_write = _pipe_above_stdio()
         os.set_blocking(self.status_read, False)
         self.selector.register(self.status_read, selectors.EVENT_READ, self.read_exec_status)
+        self.usage = NodeUsage([spec.rank for spec in plan.workers])
+        self.node = (plan.world.node_rank, plan.host)
 
     # ------------------------------------------------------------------ spawning
 
@@ -175,6 +183,8 @@ class Supervisor(TreeSupervisor):
         self.untracked.append(pid)
         if error:
             self.exec_errors[pid] = error
+        self.usage.start(spec.rank)
+        self.events.emit("worker_spawned", rank=spec.rank, local_rank=spec.local_rank, pid=pid)
 
     def track_started(self) -> None:
         """Tell the watchdog the new workers' process groups, in one write."""
@@ -218,11 +228,18 @@ class Supervisor(TreeSupervisor):
 
     # ------------------------------------------------------------------ loop hooks
 
-    def forward(self, sig: int) -> None:
+    def forward(self, sig: int) -> int:
         for pid in self.live:
             tree.send(pid, sig)
         self.note_sent(sig, "worker(s)", list(self.live))
         self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
+        return len(self.live)
+
+    def worker_count(self) -> int:
+        return len(self.live)
+
+    def progress(self) -> Progress:
+        return self.hang.progress(self.relay.progress)
 
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:
@@ -241,14 +258,20 @@ class Supervisor(TreeSupervisor):
             for pid, spec in self.live.items()
         ]
 
-    def on_child_exit(self, pid: int, status: int) -> None:
+    def on_child_exit(
+        self, pid: int, status: int, usage: Optional[struct_rusage] = None
+    ) -> None:
         spec = self.live.pop(pid, None)
         if spec is not None:  # else an adopted orphan (we are its subreaper)
-            self.on_worker_exit(pid, spec, status)
+            self.on_worker_exit(pid, spec, status, usage)
 
-    def on_worker_exit(self, pid: int, spec: RankSpec, status: int) -> None:
+    def on_worker_exit(
+        self, pid: int, spec: RankSpec, status: int, usage: Optional[struct_rusage] = None
+    ) -> None:
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        cpu, peak = cpu_and_peak(usage)
+        end = self.record_exit(pid, spec.rank, spec.local_rank, code, sig, cpu, peak)
         if code == 0:
             self.succeeded += 1
             self.check_all_done()
@@ -269,8 +292,12 @@ class Supervisor(TreeSupervisor):
             signal=sig,
             log_path=log_path,
             detail=self.exec_errors.get(pid, ""),
+            cpu_seconds=cpu,
+            peak_rss=peak,
+            oom_killed=end.oom_killed,
         )
         self.reporter.info(f"{self.failure.describe()}: stopping the other workers")
+        self.note_teardown("worker_failed", rank=spec.rank, status=end.status)
         self.begin_terminate()
 
     def check_all_done(self) -> None:
@@ -286,6 +313,7 @@ class Supervisor(TreeSupervisor):
 
     def cleanup_leftovers(self) -> None:
         """Every worker succeeded but left descendants (daemons): stop them too."""
+        self.note_teardown("leftovers")
         self.start_clock()
         self.leftovers = len(self.signal_strays(signal.SIGTERM))
         self.reporter.warning(
@@ -318,11 +346,13 @@ class Supervisor(TreeSupervisor):
         self.relay.show_idle()
         running = self.phase == self.RUNNING
         if self.hang.on_wake(running, self.relay.paused) and running:
+            self.note_teardown("stall")
             self.begin_terminate()  # the stall is reported and its stacks are out
 
     def close(self) -> None:
         self.hang.close()
         self.relay.drain_all()
+        self.wrap_up()  # the usage line after the workers' last output
         self.console.detach()
         # After a fatal signal the user wants out now: what the console cannot take at
         # once is dropped. Otherwise wait while it makes progress, or until a signal.

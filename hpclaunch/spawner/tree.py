@@ -28,13 +28,29 @@ from hpclaunch.spawner import child
 TREE_TOKEN_VAR = "HPCLAUNCH_TREE_TOKEN"
 
 
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants. False where the kernel refuses (non-Linux)."""
+def become_subreaper(on: bool = True) -> bool:
+    """Adopt orphaned descendants (``on=False``: stop). False where the kernel refuses."""
     try:
-        child.prctl(child.PR_SET_CHILD_SUBREAPER, 1)
+        child.prctl(child.PR_SET_CHILD_SUBREAPER, int(on))
     except (OSError, AttributeError):
         return False
     return True
+
+
+def is_subreaper() -> bool:
+    """Whether this process adopts orphaned descendants now (``PR_GET_CHILD_SUBREAPER``)."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    try:
+        if child.libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return bool(value.value)
+
+
+PR_GET_CHILD_SUBREAPER = 37
 
 
 def descendants(root: int, exclude: AbstractSet[int] = frozenset()) -> List[int]:

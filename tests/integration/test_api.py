@@ -160,3 +160,32 @@ def test_elastic_launch_returns_the_static_outcome_shape(
     assert report["type"] == "Outcome" and report["exit"] == 7 and report["error"] == ""
     assert report["failed_rank"] == 1 and report["failed_log"] == report["planned_log"]
     assert Path(report["failed_log"]).is_file()
+
+
+ORPHAN_PROGRAM = """
+import os, subprocess, sys
+import hpclaunch
+
+world = hpclaunch.detect_world(nproc_per_node=1)
+outcome = hpclaunch.launch(hpclaunch.plan(world, [sys.argv[1]]))
+# After the launch: a child of ours leaves an orphan behind. Who adopts it?
+shell = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+                       capture_output=True, text=True)
+orphan = int(shell.stdout)
+with open(f"/proc/{orphan}/stat") as handle:
+    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+os.kill(orphan, 9)
+print(outcome.exit_code, "adopted" if parent == os.getpid() else "not adopted")
+"""
+
+
+def test_a_program_is_no_subreaper_after_its_launch() -> None:
+    """The launch makes the process a subreaper for its duration only: a program that goes
+    on after ``hpclaunch.launch`` must not adopt (and never reap) its later orphans, whose
+    zombies would pile up -- and keep a Slurm step's process group from ever ending."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI"))}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", ORPHAN_PROGRAM, WORKER],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "not", "adopted"]

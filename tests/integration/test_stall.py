@@ -124,6 +124,8 @@ from hpclaunch.spawner.output.console import Console
 class Recorder:
     def __init__(self): self.events = []
     def emit(self, name, **fields): self.events.append([name, fields])
+    def next_timeout(self): return None
+    def on_wake(self, progress): pass
     def close(self): pass
 
 recorder = Recorder()
@@ -150,11 +152,14 @@ def test_stall_and_dump_events(tmp_path: Path, fifo: Fifo, mark: str) -> None:
         out, err = proc.communicate(timeout=120)
         report = json.loads(out.decode().splitlines()[-1])
         assert report["exit"] == 124, err.decode()
-        names = [[name, fields.get("reason")] for name, fields in report["events"]]
+        hang = [[n, f] for n, f in report["events"] if n in ("dump", "stall")]
+        names = [[name, fields.get("reason")] for name, fields in hang]
         assert names == [["dump", "sigquit"], ["stall", None], ["dump", "stall"]]
-        stall = report["events"][1][1]
+        stall = hang[1][1]
         assert stall["ranks"] == [0, 1] and stall["quiet_seconds"] >= 3
-        assert report["events"][0][1]["ranks"] == [0, 1]
+        assert hang[0][1]["ranks"] == [0, 1]
+        teardown = [f for n, f in report["events"] if n == "teardown"]
+        assert [t["reason"] for t in teardown] == ["stall"]
         assert wait_no_marked(mark) == []
     finally:
         kill_all([proc.pid])

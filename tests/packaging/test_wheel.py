@@ -81,6 +81,7 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert "hpclaunch = hpclaunch.cli:main" in entry_points
     assert "hpclaunch-torchrun = hpclaunch.torchrun:main" in entry_points
     assert "hpclaunch/torchrun/__main__.py" in names
+    assert "hpclaunch-report = hpclaunch.jobreport:main" in entry_points
     meta = metadata(wheel)
     assert meta["Name"] == "hpclaunch"
     assert meta["Requires-Python"] == ">=3.9"
@@ -153,3 +154,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_unprivileged(
     assert stall.returncode == 124, stall.stderr
     for rank in (0, 1):
         assert f'[rank{rank}]:   File "{script}", line 3, in <module>' in stall.stderr
+    # The job's record, written and read by the installed commands.
+    recorded = as_nobody([hpclaunch, "-q", "--event_log", "events/{node_rank}.jsonl",
+                          "--nproc_per_node", "1", "--no_python", "/bin/true"], home)
+    assert recorded.returncode == 0, recorded.stderr
+    story = as_nobody([str(venv / "bin" / "hpclaunch-report"), "events"], home)
+    assert story.returncode == 0 and "outcome: succeeded" in story.stdout, story.stderr

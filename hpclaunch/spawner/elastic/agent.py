@@ -43,7 +43,8 @@ def shutdown_timeout(kill_timeout: float) -> int:
 def worker_config(plan: LaunchPlan, agent_pid: int, run: AgentRun) -> str:
     """worker.py's JSON: per local rank the plan's fixed variables (and the launcher's stack
     dump and heartbeat ones), cores and memory node, the per-rank log's name around the rank
-    (known only after each rendezvous), and who may ptrace the worker."""
+    (known only after each rendezvous), who may ptrace the worker, and the launcher's socket
+    each worker says hello to (:mod:`hpclaunch.spawner.elastic.watch`)."""
     ranks = []
     for local_rank, spec in enumerate(plan.workers):
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
@@ -51,11 +52,11 @@ def worker_config(plan: LaunchPlan, agent_pid: int, run: AgentRun) -> str:
             env.update(run.watch_env[local_rank])
         ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
                       "mem_node": spec.mem_node})
-    return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts(),
-         "tracer": run.tracer},
-        separators=(",", ":"),
-    )
+    config: Dict[str, Any] = {"agent": agent_pid, "ranks": ranks,
+                              "log_path": plan.log_path_parts(), "tracer": run.tracer}
+    if run.notify:
+        config["notify"] = run.notify
+    return json.dumps(config, separators=(",", ":"))
 
 
 class AgentRun(NamedTuple):
@@ -70,6 +71,8 @@ class AgentRun(NamedTuple):
     watch_env: Tuple[Mapping[str, str], ...] = ()
     #: The PID allowed to ptrace the workers (the launcher: py-spy), or None.
     tracer: Optional[int] = None
+    #: The abstract socket the workers say hello to ("": none).
+    notify: str = ""
 
 
 # --------------------------------------------------------------------------- the agent

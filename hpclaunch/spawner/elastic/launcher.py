@@ -29,19 +29,22 @@ import json
 import os
 import selectors
 import signal
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
+import socket
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.elastic import ElasticSetup
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import logs, tree
+from hpclaunch.spawner.elastic import watch
 from hpclaunch.spawner.elastic.agent import (
     SHARED_STORE_KNOB,
     AgentRun,
     fork_agent,
     shutdown_timeout,
 )
+from hpclaunch.spawner.elastic.watch import WorkerWatch
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
@@ -49,6 +52,10 @@ from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 from hpclaunch.spawner.stacks import DumpTarget
+from hpclaunch.spawner.usage import WorkerUsage
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
@@ -83,6 +90,7 @@ class _ElasticSupervisor(TreeSupervisor):
         helpers: AbstractSet[int],
         events: Events,
         files: WatchFiles,
+        hellos: Optional[socket.socket] = None,
     ) -> None:
         super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers, events)
         self.plan = plan
@@ -93,24 +101,20 @@ class _ElasticSupervisor(TreeSupervisor):
         self.result: Dict[str, Any] = {}
         self.buffer = b""
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
+        self.node = (plan.world.node_rank, plan.host)
+        self.watch = WorkerWatch(self, hellos, agent) if hellos is not None else None
         #: SIGQUIT's dumps and --stall_timeout (by heartbeat files only: output is not relayed)
         self.hang = HangWatch(plan, files, self.selector, reporter, events, self.dump_targets,
                               {}, self.adopt_helper)
 
-    # ------------------------------------------------------------------ loop hooks
+    def ends_by_pid(self) -> List[Tuple[int, WorkerUsage]]:
+        return self.watch.ends if self.watch is not None else []
 
-    def forward(self, sig: int) -> None:
-        workers = self.workers()
-        for pid in workers:
-            tree.send(pid, sig)
-        self.note_sent(sig, "worker(s)", workers)
-        self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
-
-    def on_fatal(self, sig: int) -> None:
-        self.fatal_signal = sig
-        self.reporter.info(
-            f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
-        )
+    def close(self) -> None:
+        self.hang.close()
+        if self.watch is not None:
+            self.watch.close()
+        super().close()
 
     def on_dump_request(self) -> None:
         self.hang.on_sigquit()
@@ -132,17 +136,35 @@ class _ElasticSupervisor(TreeSupervisor):
     def on_wake(self) -> None:
         running = self.phase == self.RUNNING
         if self.hang.on_wake(running, False) and running:
+            self.note_teardown("stall")
             self.begin_terminate()  # the stall is reported and its stacks are out
 
-    def close(self) -> None:
-        self.hang.close()
-        super().close()
+    # ------------------------------------------------------------------ loop hooks
+
+    def forward(self, sig: int) -> int:
+        workers = self.workers()
+        for pid in workers:
+            tree.send(pid, sig)
+        self.note_sent(sig, "worker(s)", workers)
+        self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(workers)} worker(s)")
+        return len(workers)
+
+    def worker_count(self) -> int:
+        return len(self.workers())
+
+    def on_fatal(self, sig: int) -> None:
+        self.fatal_signal = sig
+        self.reporter.info(
+            f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
+        )
 
     def after_signals(self) -> None:
         self.read_result()
         self.reap()
 
-    def on_child_exit(self, pid: int, status: int) -> None:
+    def on_child_exit(
+        self, pid: int, status: int, usage: Optional[struct_rusage] = None
+    ) -> None:
         if pid == self.agent:
             self.agent_status = status
             self.on_agent_exit()
@@ -187,6 +209,7 @@ class _ElasticSupervisor(TreeSupervisor):
         if not left or self.phase == self.KILLING:
             return
         if self.phase == self.RUNNING:
+            self.note_teardown("leftovers")
             self.leftovers = len(left)
             self.reporter.warning(
                 f"the elastic agent is done but {len(left)} process(es) the workers started "
@@ -264,6 +287,10 @@ class _ElasticSupervisor(TreeSupervisor):
                     "(--max_restarts)"
                 ),
             )
+            seen = [end for pid, end in self.ends_by_pid() if pid == failure.pid]
+            if seen:  # what the launcher saw of that worker's exit (elastic/watch.py)
+                failure = failure._replace(cpu_seconds=seen[-1].cpu_seconds,
+                                           oom_killed=seen[-1].oom_killed)
             return Outcome(exit_code=failure.status, failure=failure)
         if kind == "signal":
             sig = int(self.result["signal"])
@@ -305,15 +332,21 @@ def run_elastic(
     require_torch()
     if plan.log_dir:
         logs.make_log_dir(plan.log_dir)  # a bad one is exit 2 before anything starts
-    run = AgentRun(
-        setup=setup,
-        shutdown_timeout=shutdown_timeout(plan.launch.kill_timeout),
-        debug=reporter.enabled(DEBUG),
-    )
     result_fd = -1
     files: Optional[WatchFiles] = None
+    hellos: Optional[socket.socket] = None
     with launch_guard(plan.launch.pid_file) as guard:
         try:
+            try:
+                hellos = watch.listen(guard.token)
+            except OSError as exc:
+                reporter.debug(f"no record of elastic workers' starts and exits ({exc})")
+            run = AgentRun(
+                setup=setup,
+                shutdown_timeout=shutdown_timeout(plan.launch.kill_timeout),
+                debug=reporter.enabled(DEBUG),
+                notify=watch.socket_name(guard.token) if hellos is not None else "",
+            )
             reporter.info(plan.banner())
             env = dict(base_env)
             env[tree.TREE_TOKEN_VAR] = guard.token  # the workers inherit it: the watchdog's mark
@@ -343,8 +376,9 @@ def run_elastic(
             )
             supervisor = _ElasticSupervisor(
                 plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events,
-                files,
+                files, hellos,
             )
+            hellos = None  # the supervisor's now
             supervisor.handle_signals([])
             supervisor.loop()
             guard.clean = supervisor.finished()
@@ -352,6 +386,8 @@ def run_elastic(
         finally:
             if result_fd >= 0:
                 os.close(result_fd)
+            if hellos is not None:
+                hellos.close()
             if files is not None:
                 files.close()
 

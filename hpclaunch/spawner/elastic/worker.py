@@ -42,6 +42,28 @@ def _fail(message: str, code: int) -> None:
     os._exit(code)
 
 
+def hello(name: str, env: Dict[str, str], local_rank: int) -> None:
+    """One datagram to the launcher: this process (the kernel adds its PID) is a worker of
+    this rank and round. Best effort: the worker starts whether or not anyone listens."""
+    import _socket  # the C module: the socket package would import enum, selectors...
+    import json
+
+    message = json.dumps({
+        "rank": int(env.get("RANK", "-1")),
+        "local_rank": local_rank,
+        "restart": int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+    }).encode()
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
+            sock.settimeout(2.0)
+            sock.sendto(message, "\0" + name)
+        finally:
+            sock.close()
+    except (OSError, ValueError):
+        pass
+
+
 def load_child() -> Dict[str, Any]:
     """hpclaunch/spawner/child.py's names, from the file itself (nothing else imported)."""
     namespace: Dict[str, Any] = {"__name__": "hpclaunch_child", "__file__": CHILD}
@@ -75,6 +97,8 @@ def main(argv: List[str]) -> None:
             log_fd = os.open(path, _LOG_FLAGS, 0o644)
         except OSError as exc:
             _fail(f"cannot open log file {path} ({exc.strerror})", 1)
+    if config.get("notify"):
+        hello(config["notify"], env, local_rank)
     child = load_child()
     try:
         child["become_worker"](
