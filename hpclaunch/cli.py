@@ -26,7 +26,7 @@ from typing import (
 
 from hpclaunch import __version__, api
 from hpclaunch.adapters import ADAPTER_NAMES
-from hpclaunch.errors import UsageError
+from hpclaunch.errors import OutputError, UsageError
 from hpclaunch.fast import terminal_columns
 from hpclaunch.model.world import World, is_decimal
 from hpclaunch.options import (
@@ -38,8 +38,11 @@ from hpclaunch.options import (
     check_cpu_choice,
 )
 from hpclaunch.reporter import CRITICAL, ERROR, LEVELS, Reporter, reopen_closed_standard_fds
+from hpclaunch.stdout import Stdout
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from hpclaunch.model.plan import Command, LaunchPlan
     from hpclaunch.spawner.report import Outcome
 
@@ -63,8 +66,17 @@ _ADAPTER_METAVAR = "{" + ",".join(ADAPTER_NAMES) + ",...}"
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting."""
 
+    #: Where ``--help`` and ``--version`` go: argparse itself swallows a write error.
+    stdout: Optional[Stdout] = None
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see 'hpclaunch --help')")
+
+    def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
+        if message and self.stdout is not None and (file is None or file is sys.stdout):
+            self.stdout.write(message)
+        else:
+            super()._print_message(message, file)
 
     def format_help(self) -> str:
         """List installed adapter plug-ins among ``--adapter``'s choices: only ``--help``
@@ -222,9 +234,13 @@ class Invocation:
         self.reporter = reporter
 
 
-def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
+def _parse(
+    argv: Sequence[str], stdout_closed: bool = False
+) -> Tuple[argparse.Namespace, str, List[str]]:
     """(flags, training script, its arguments); DeepSpeed's "None" spelling means not given."""
     parser = build_parser()
+    if isinstance(parser, _Parser):
+        parser.stdout = Stdout("hpclaunch's output", stdout_closed)
     launcher_tokens, script, script_args = split_argv(argv, _option_table(parser))
     args = parser.parse_args(launcher_tokens)
     if script is None:
@@ -257,9 +273,11 @@ def _bind_cores(args: argparse.Namespace) -> Optional[Tuple[int, ...]]:
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
-def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+def _invocation(
+    argv: Sequence[str], env: Mapping[str, str], stdout_closed: bool = False
+) -> Invocation:
     """Every flag into its options group, once; the API checks what it is given."""
-    args, script, script_args = _parse(argv)
+    args, script, script_args = _parse(argv, stdout_closed)
     voice = _reporter(args, env)
     if args.save_pid < 0:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
@@ -327,13 +345,15 @@ def _report(outcome: Outcome, voice: Reporter) -> None:
 class _Run:
     """What :func:`main` needs to end the run: the voice and the world (once known)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stdout_closed: bool = False) -> None:
         self.reporter = Reporter()
         self.world: Optional[World] = None
+        #: fd 1 was closed at start-up: what goes to stdout cannot reach anyone.
+        self.stdout_closed = stdout_closed
 
     def __call__(self, argv: Sequence[str]) -> int:
         env = dict(os.environ)
-        job = _invocation(argv, env)
+        job = _invocation(argv, env, self.stdout_closed)
         self.reporter = job.reporter
         self.world = api.detect_world(env, job.world, reporter=job.reporter)
         plan: LaunchPlan = api.plan(
@@ -343,7 +363,7 @@ class _Run:
         if job.dry_run:
             from hpclaunch.model.plan import write_plan
 
-            write_plan(plan.to_json(), sys.stdout)
+            write_plan(plan.to_json(), Stdout("the plan", self.stdout_closed))
             return 0
         outcome = api.launch(plan, env=env, reporter=job.reporter)
         _report(outcome, job.reporter)
@@ -351,13 +371,16 @@ class _Run:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    reopen_closed_standard_fds()
-    run = _Run()
+    closed = reopen_closed_standard_fds()
+    run = _Run(stdout_closed=1 in closed)
     try:
         status = run(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
         run.reporter.emit(CRITICAL, [f"error: {' '.join(str(exc).split())}"])
         status = 2
+    except OutputError as exc:
+        run.reporter.emit(CRITICAL, [f"error: {exc}"])
+        status = 1
     # An adapter that holds something until exit (MPI) ends it by the exit status: under
     # mpirun a non-zero status must abort every node's launcher, not only this one.
     try:
