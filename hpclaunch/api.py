@@ -29,7 +29,13 @@ from hpclaunch import adapters
 from hpclaunch.errors import UsageError
 from hpclaunch.fast import which
 from hpclaunch.model.world import World
-from hpclaunch.options import ElasticOptions, LaunchOptions, OutputOptions, WorldOptions
+from hpclaunch.options import (
+    ElasticOptions,
+    LaunchOptions,
+    OutputOptions,
+    WorldOptions,
+    check_local_workers,
+)
 from hpclaunch.reporter import DEBUG, Reporter
 
 if TYPE_CHECKING:
@@ -145,6 +151,7 @@ def plan(
         log_dir=os.path.abspath(output.log_dir) if output.log_dir else None,
         log_timestamp=output.log_timestamp or time.strftime("%Y%m%d%H%M%S"),
     )
+    check_local_workers(world.local_world_size, f"the {world.source} world")
     _check_plan_options(world, output, launch)
     the_plan = build_plan(adapter or world.source, world, command, output, launch)
     if launch.numa_binding != "none":
