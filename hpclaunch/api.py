@@ -99,6 +99,14 @@ def resolve_command(
             )
         if not os.access(path, os.X_OK):
             raise UsageError(f"--no_python target {path!r} is not executable: chmod +x it")
+        from hpclaunch.spawner.child import missing_interpreter
+
+        interpreter = missing_interpreter(path)
+        if interpreter is not None:
+            raise UsageError(
+                f"--no_python target {path!r} names the interpreter {interpreter!r} on its #! "
+                "line, which does not exist here: install it or fix the script's first line"
+            )
         return Command(script=os.path.abspath(path), args=tuple(args), mode="exec",
                        pass_local_rank=local_rank)
     if module:

@@ -295,6 +295,8 @@ def _invocation(
     )
     launch.check()  # before the world: under MPI a bad value must not cost an allgather
     elastic = None
+    if not args.enable_elastic_training:
+        _refuse_elastic_only_flags(args)
     if args.enable_elastic_training:
         elastic = ElasticOptions(
             min_nodes=args.min_elastic_nodes,
@@ -330,6 +332,24 @@ def _invocation(
         dry_run=args.dry_run,
         reporter=voice,
     )
+
+
+def _refuse_elastic_only_flags(args: argparse.Namespace) -> None:
+    """Elastic mode's flags without it would be silently ignored: a job the user believes
+    restarts (``--max_restarts 2``) would not."""
+    given = [
+        flag for flag, value in (
+            (f"--max_restarts {args.max_restarts}", args.max_restarts not in (None, 0)),
+            (f"--min_elastic_nodes {args.min_elastic_nodes}", args.min_elastic_nodes != -1),
+            (f"--max_elastic_nodes {args.max_elastic_nodes}", args.max_elastic_nodes != -1),
+            ("--rdzv_conf", args.rdzv_conf is not None),
+        ) if value
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]} applies to elastic mode only (static mode never restarts a worker): "
+            "add --enable_elastic_training, or drop it"
+        )
 
 
 def _report(outcome: Outcome, voice: Reporter) -> None:

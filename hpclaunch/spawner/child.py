@@ -107,6 +107,38 @@ def become_worker(
     os.execve(argv[0], list(argv), env)
 
 
+def missing_interpreter(path: str) -> Optional[str]:
+    """The interpreter ``path``'s ``#!`` line names, if that interpreter cannot be run.
+
+    ``execve`` says ENOENT both for a missing program and for a present script whose
+    interpreter is missing; only the first line tells which.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words:
+        return None
+    interpreter = os.fsdecode(words[0])
+    if os.path.isfile(interpreter) and os.access(interpreter, os.X_OK):
+        return None
+    return interpreter
+
+
+def exec_failure(program: str, exc: BaseException) -> str:
+    """Why ``program`` could not be started, naming the right culprit."""
+    if isinstance(exc, FileNotFoundError) and os.path.isfile(program):
+        interpreter = missing_interpreter(program)
+        if interpreter is not None:
+            return (f"cannot start {program!r}: the interpreter its #! line names, "
+                    f"{interpreter!r}, was not found")
+    return f"cannot start {program!r}: {exc}"
+
+
 def prefer_memory_node(node: int) -> None:
     """This process's (and, after exec, the program's) pages go to ``node`` first."""
     import ctypes

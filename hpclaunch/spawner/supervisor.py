@@ -15,7 +15,7 @@ from typing import AbstractSet, Dict, List, Mapping, NoReturn, Optional
 from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
 from hpclaunch.spawner import tree
-from hpclaunch.spawner.child import become_worker
+from hpclaunch.spawner.child import become_worker, exec_failure
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
 from hpclaunch.spawner.inbox import (
@@ -82,7 +82,7 @@ def _child(
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
-            why = " ".join(f"cannot start {spec.argv[0]!r}: {exc}".split())[:3000]
+            why = " ".join(exec_failure(spec.argv[0], exc).split())[:3000]
             os.write(status_fd, f"{os.getpid()} {why}\n".encode(errors="replace"))
         finally:
             os._exit(127)
