@@ -35,7 +35,9 @@ def reopen_closed_standard_fds() -> FrozenSet[int]:
     the descriptors that were closed.
 
     Otherwise the next ``os.pipe()`` or ``open()`` lands on that number and a worker
-    inherits, say, a relay pipe or another rank's log file as its stdout or stderr.
+    inherits, say, a relay pipe or another rank's log file as its stdout or stderr. The
+    /dev/null stays open across exec: a worker started without fd 0, 1 or 2 would make the
+    first file it opens its stdin, stdout or stderr (and C-level prints would go into it).
     """
     closed = []
     for fd in (0, 1, 2):
@@ -45,8 +47,10 @@ def reopen_closed_standard_fds() -> FrozenSet[int]:
             closed.append(fd)
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # inheritable, as dup2 makes it
                 os.close(null)
+            else:
+                os.set_inheritable(fd, True)  # os.open is close-on-exec
     return frozenset(closed)
 
 
