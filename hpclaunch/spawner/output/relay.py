@@ -7,7 +7,9 @@ is written whole, with the rank's prefix, so two ranks' bytes never share a segm
 unfinished end of a line is held back for at most :data:`IDLE_FLUSH` seconds and then shown
 too (progress bars and prompts appear live); if the same rank goes on with that line
 before anyone else writes, the rest follows without a second prefix. Bytes pass through
-undecoded (binary output survives).
+undecoded (binary output survives), byte for byte when unprefixed, with one exception: a
+line one writer left unfinished gets a newline before another writer's output (another
+rank's, or a launcher message) goes on the same console.
 
 The last :data:`TAIL_BYTES` of every rank's output are kept in memory -- also for ranks
 ``--ranks_filter`` hides -- so the failure summary can quote a failing rank's last lines.
@@ -220,11 +222,9 @@ class OutputRelay:
                 self._close(fd, stream)
 
     def _close(self, fd: int, stream: Stream) -> None:
-        if stream.pending:
-            stream.pending += b"\n"
-            self._show_pending(stream)
-        elif stream.target is not None and self.console.sinks[stream.target].open_owner is stream:
-            self.console.write(stream.target, stream, b"", b"\n", False)
+        # The rank's last bytes as they are, also without a final newline: the console ends
+        # that line only if another writer's output follows it.
+        self._show_pending(stream)
         if not self.paused:
             self.selector.unregister(fd)
         os.close(fd)
