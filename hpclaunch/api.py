@@ -40,6 +40,7 @@ from hpclaunch.reporter import DEBUG, Reporter
 
 if TYPE_CHECKING:
     from hpclaunch.model.plan import Command, LaunchPlan
+    from hpclaunch.spawner.process import LauncherProcess
     from hpclaunch.spawner.report import Outcome
 
 
@@ -177,6 +178,7 @@ def launch(
     *,
     env: Optional[Mapping[str, str]] = None,
     reporter: Optional[Reporter] = None,
+    process: Optional[LauncherProcess] = None,
     **fields: Any,
 ) -> Outcome:
     """Run the plan's workers to the end and return the :class:`Outcome` (never raises for a
@@ -186,13 +188,36 @@ def launch(
     the plan's variables. Keywords change the plan's output and launch options for this
     launch (``kill_timeout``, ``pid_file``, ``prefix_output``, ``ranks_filter``,
     ``raw_output``), checked as :func:`plan` checks them. Signals to this process (SIGINT,
-    SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled for the launch's duration, as in the
-    CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option,
-    log directory or PID file, a master port in use, too low a file-descriptor limit, or
-    elastic mode without torch.
+    SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled from this call's first line to its
+    return, as in the CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned)
+    for a bad option, log directory or PID file, a master port in use, too low a
+    file-descriptor limit, or elastic mode without torch. ``process`` is the CLI's (its
+    signals, held since its first line, and its console, left open for the failure summary);
+    a program leaves it out.
     """
+    from hpclaunch.spawner.inbox import hold_signals
+
+    own = process is None
+    if process is None:
+        from hpclaunch.spawner.process import LauncherProcess
+
+        process = LauncherProcess(hold_signals())
+    try:
+        return _launch(plan, env, reporter, process, fields)
+    finally:
+        if own:
+            process.close_console()
+            process.inbox.uninstall()
+
+
+def _launch(
+    plan: LaunchPlan,
+    env: Optional[Mapping[str, str]],
+    reporter: Optional[Reporter],
+    process: LauncherProcess,
+    fields: Mapping[str, Any],
+) -> Outcome:
     from hpclaunch.spawner import run
-    from hpclaunch.spawner.output.console import Console
 
     if fields:
         output, options = _split_fields(plan.output, plan.launch, fields)
@@ -203,11 +228,8 @@ def launch(
     voice = reporter or Reporter()
     if voice.enabled(DEBUG):
         voice.debug(f"plan: {plan.to_json_text()}")
-    console = Console()
-    try:
-        return run(plan, base_env, voice.through(console.message), console)
-    finally:
-        console.close()
+    console = process.console()
+    return run(plan, base_env, voice.through(console.message), console, inbox=process.inbox)
 
 
 def finish(exit_code: int, world: Optional[World] = None) -> None:

@@ -38,6 +38,8 @@ from hpclaunch.options import (
     check_cpu_choice,
 )
 from hpclaunch.reporter import CRITICAL, ERROR, LEVELS, Reporter, reopen_closed_standard_fds
+from hpclaunch.spawner.inbox import SignalInbox, hold_signals
+from hpclaunch.spawner.process import LauncherProcess
 from hpclaunch.stdout import Stdout
 
 if TYPE_CHECKING:
@@ -362,10 +364,19 @@ def _report(outcome: Outcome, voice: Reporter) -> None:
         voice.emit(ERROR, [outcome.error], highlight=True)
 
 
+class _Stopped(Exception):
+    """A SIGINT/TERM/HUP arrived before any worker started: nothing more is started."""
+
+    def __init__(self, sig: int) -> None:
+        super().__init__(sig)
+        self.sig = sig
+
+
 class _Run:
     """What :func:`main` needs to end the run: the voice and the world (once known)."""
 
-    def __init__(self, stdout_closed: bool = False) -> None:
+    def __init__(self, process: LauncherProcess, stdout_closed: bool = False) -> None:
+        self.process = process
         self.reporter = Reporter()
         self.world: Optional[World] = None
         #: fd 1 was closed at start-up: what goes to stdout cannot reach anyone.
@@ -375,24 +386,44 @@ class _Run:
         env = dict(os.environ)
         job = _invocation(argv, env, self.stdout_closed)
         self.reporter = job.reporter
+        self.stop_if_asked()
         self.world = api.detect_world(env, job.world, reporter=job.reporter)
         plan: LaunchPlan = api.plan(
             self.world, job.command, output=job.output, launch=job.launch,
             elastic=job.elastic, env=env, reporter=job.reporter,
         )
+        self.stop_if_asked()
         if job.dry_run:
             from hpclaunch.model.plan import write_plan
 
             write_plan(plan.to_json(), Stdout("the plan", self.stdout_closed))
             return 0
-        outcome = api.launch(plan, env=env, reporter=job.reporter)
-        _report(outcome, job.reporter)
+        outcome = api.launch(plan, env=env, reporter=job.reporter, process=self.process)
+        # Through the console, after every byte of the workers' output it still holds.
+        _report(outcome, job.reporter.through(self.process.console().message))
         return outcome.exit_code
 
+    def stop_if_asked(self) -> None:
+        """Before starting anything: a SIGINT/TERM/HUP that arrived so far ends the run."""
+        sig = self.process.stop_signal()
+        if sig is not None:
+            raise _Stopped(sig)
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+
+def main(argv: Optional[Sequence[str]] = None, signals: Optional[SignalInbox] = None) -> int:
+    """The ``hpclaunch`` command. ``signals``: held by the caller since its first line
+    (``hpclaunch.__main__``, the entry point); else held here, first thing, and given back."""
+    inbox = signals if signals is not None else hold_signals()
+    try:
+        return _main(argv, LauncherProcess(inbox))
+    finally:
+        if signals is None:
+            inbox.uninstall()
+
+
+def _main(argv: Optional[Sequence[str]], process: LauncherProcess) -> int:
     closed = reopen_closed_standard_fds()
-    run = _Run(stdout_closed=1 in closed)
+    run = _Run(process, stdout_closed=1 in closed)
     try:
         status = run(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
@@ -401,6 +432,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OutputError as exc:
         run.reporter.emit(CRITICAL, [f"error: {exc}"])
         status = 1
+    except _Stopped as stop:
+        import signal
+
+        run.reporter.info(f"got {signal.Signals(stop.sig).name} before any worker started: "
+                          "stopping")
+        status = 128 + stop.sig
+    finally:
+        process.close_console()  # everything delivered (or a signal said stop) before exit
     # An adapter that holds something until exit (MPI) ends it by the exit status: under
     # mpirun a non-zero status must abort every node's launcher, not only this one.
     try:

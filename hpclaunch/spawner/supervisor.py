@@ -38,6 +38,7 @@ def spawn_worker(
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
+    mask: Optional[AbstractSet[int]] = None,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
@@ -45,13 +46,14 @@ def spawn_worker(
     ``status_fd`` (the write end of the supervisor's exec-status pipe) and exits 127, and
     the event loop collects it, so all workers are forked before any exec status is waited
     for. Handled signals are blocked across the fork so a signal can never run the
-    launcher's handler in the child; the child restores default dispositions before
-    unblocking.
+    launcher's handler in the child; the child restores default dispositions, then the
+    signal mask ``mask`` (the one the launcher was started with; default: the launcher's).
     """
     parent = os.getpid()
     pid, old_mask = fork_with_signals_blocked(())
     if pid == 0:
-        _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd)
+        _child(spec, env, parent, old_mask if mask is None else mask, stdout_fd, stderr_fd,
+               status_fd)
     set_mask(old_mask)
     return pid, ""
 
@@ -123,6 +125,8 @@ class Supervisor(TreeSupervisor):
         #: Workers forked but not yet reported to the watchdog (see :data:`TRACK_BATCH`).
         self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
+        #: SIGUSR1/2 that arrived before every worker was running: sent once all are.
+        self.deferred: List[int] = []
         self.failure: Optional[WorkerFailure] = None
         self.console = console
         self.console.attach(self.selector)
@@ -171,12 +175,12 @@ class Supervisor(TreeSupervisor):
 
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
-        status = self.status_write
+        status, mask = self.status_write, self.inbox.worker_mask
 
         def spawn(
             spec: RankSpec, env: Mapping[str, str], out: Optional[int], err: Optional[int]
         ) -> tuple[int, str]:
-            return spawn_worker(spec, env, out, err, status)
+            return spawn_worker(spec, env, out, err, status, mask)
 
         return wiring.spawn_with_output(
             spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_fds,
@@ -196,6 +200,7 @@ class Supervisor(TreeSupervisor):
                     self.selector.unregister(self.status_read)  # every child has exec'd
                     os.close(self.status_read)
                     self.status_read = -1
+                    self.all_running()
                 break
             data += chunk
         for line in data.decode(errors="replace").splitlines():
@@ -206,10 +211,25 @@ class Supervisor(TreeSupervisor):
     # ------------------------------------------------------------------ loop hooks
 
     def forward(self, sig: int) -> None:
+        """To every worker, also those not yet started when the signal arrived: until each
+        runs its program (the exec-status pipe's EOF) the signal waits, then goes to all."""
+        if self.status_read >= 0:
+            if sig not in self.deferred:
+                self.deferred.append(sig)
+                self.reporter.debug(f"{signal.Signals(sig).name} arrived while workers start: "
+                                    "forwarding it once all of them run")
+            return
         for pid in self.live:
             tree.send(pid, sig)
         self.note_sent(sig, "worker(s)", list(self.live))
         self.reporter.info(f"forwarded {signal.Signals(sig).name} to {len(self.live)} worker(s)")
+
+    def all_running(self) -> None:
+        """Every worker was forked and has exec'd (or failed to): send what waited for it."""
+        deferred, self.deferred = self.deferred, []
+        if self.phase == self.RUNNING:
+            for sig in deferred:
+                self.forward(sig)
 
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:

@@ -76,7 +76,7 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert "hpclaunch/cli.py" in names and "hpclaunch/__main__.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names
     assert "[console_scripts]" in entry_points
-    assert "hpclaunch = hpclaunch.cli:main" in entry_points
+    assert "hpclaunch = hpclaunch.__main__:main" in entry_points
     meta = metadata(wheel)
     assert meta["Name"] == "hpclaunch"
     assert meta["Requires-Python"] == ">=3.9"

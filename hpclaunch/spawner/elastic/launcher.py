@@ -255,7 +255,11 @@ class _ElasticSupervisor(TreeSupervisor):
 
 
 def run_elastic(
-    plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter, events: Events
+    plan: LaunchPlan,
+    base_env: Mapping[str, str],
+    reporter: Reporter,
+    events: Events,
+    inbox: Optional[SignalInbox] = None,
 ) -> Outcome:
     """Run this node's share of an elastic job to an Outcome (the contract's exit status).
 
@@ -277,7 +281,7 @@ def run_elastic(
         debug=reporter.enabled(DEBUG),
     )
     result_fd = -1
-    with launch_guard(plan.launch.pid_file) as guard:
+    with launch_guard(plan.launch.pid_file, inbox) as guard:
         try:
             reporter.info(plan.banner())
             env = dict(base_env)
@@ -304,7 +308,7 @@ def run_elastic(
             supervisor = _ElasticSupervisor(
                 plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events
             )
-            supervisor.handle_signals([])
+            supervisor.handle_signals(early)  # SIGUSR1/2 that came first: said, not lost
             supervisor.loop()
             guard.clean = supervisor.finished()
             return supervisor.outcome()

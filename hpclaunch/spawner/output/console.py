@@ -20,7 +20,10 @@ import selectors
 import stat
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.inbox import SignalInbox
 
 #: Console bytes queued before the relay stops reading workers' pipes (back-pressure).
 CONSOLE_BUFFER = 4 << 20
@@ -237,9 +240,13 @@ class Console:
                     if not sink.queue:
                         waiter.unregister(sink.fd)
 
-    def close(self) -> None:
+    def close(self, inbox: Optional[SignalInbox] = None) -> None:
+        """Deliver what is queued (a fatal signal in ``inbox`` ends the wait), then close."""
         self.detach()
-        self.flush()
+        if inbox is None:
+            self.flush()
+        else:
+            self.flush(inbox.read_fd, lambda: inbox.fatal() is not None)
         for sink in self._unique():
             if sink.owned:
                 os.close(sink.fd)
