@@ -229,7 +229,13 @@ def _launch(
     if voice.enabled(DEBUG):
         voice.debug(f"plan: {plan.to_json_text()}")
     console = process.console()
-    return run(plan, base_env, voice.through(console.message), console, inbox=process.inbox)
+    outcome = run(plan, base_env, voice.through(console.message), console, inbox=process.inbox)
+    if outcome.fatal_signal is not None and console.abandoned is None:
+        # Asked to stop from outside: nothing more waits on a console that does not read.
+        import signal
+
+        console.abandon(f"stopped by {signal.Signals(outcome.fatal_signal).name}")
+    return outcome
 
 
 def finish(exit_code: int, world: Optional[World] = None) -> None:

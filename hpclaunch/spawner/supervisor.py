@@ -19,7 +19,6 @@ from hpclaunch.spawner.child import become_worker, exec_failure
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
 from hpclaunch.spawner.inbox import (
-    FATAL_SIGNALS,
     fork_with_signals_blocked,
     reset_in_child,
     set_mask,
@@ -314,19 +313,21 @@ class Supervisor(TreeSupervisor):
     def close(self) -> None:
         self.relay.drain_all()
         self.console.detach()
-        # After a fatal signal the user wants out now: what the console cannot take at
-        # once is dropped. Otherwise wait while it makes progress, or until a signal.
-        if self.fatal_signal is not None:
-            self.console.stall_seconds = 0.0
-        self.console.flush(self.inbox.read_fd, self.fatal_signal_arrived)
+        # Everything the workers wrote reaches the console while its reader lives, however
+        # slow; only a SIGINT/TERM/HUP from outside (now, or the one that ended the run)
+        # lets the launcher go with output undelivered, and then it says how much.
+        stop = self.fatal_signal
+        if stop is None:
+            stop = self.console.flush(self.inbox.read_fd, self.inbox.fatal)
+        if stop is not None and self.console.abandoned is None:
+            self.console.abandon(f"stopped by {signal.Signals(stop).name}")
+        for why, count in self.console.take_drops().items():
+            self.events.emit("output_dropped", bytes=count, reason=why)
         for fd in (self.status_read, self.status_write):
             if fd >= 0:
                 os.close(fd)
         self.status_read = self.status_write = -1
         super().close()
-
-    def fatal_signal_arrived(self) -> bool:
-        return any(sig in FATAL_SIGNALS for sig in self.inbox.drain())
 
     def outcome(self) -> Outcome:
         if self.failure is not None:
