@@ -27,6 +27,7 @@ from hpclaunch.spawner.logs import LogFile
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
+from hpclaunch.spawner.output.ranklog import RankLog
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 
@@ -115,7 +116,6 @@ class Supervisor(TreeSupervisor):
         self.base_env = base_env
         self.tree_token = guard.token
         self.log_files = log_files
-        self.log_fds = {path: log.fd for path, log in log_files.items()}
         self.watchdog = guard.watchdog
         self.live: Dict[int, RankSpec] = {}
         #: Ranks forked so far, and ranks that exited 0: success needs both to be all of them.
@@ -130,6 +130,7 @@ class Supervisor(TreeSupervisor):
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
+        self.relay.on_log_stopped = self.log_stopped
         self.layout = wiring.Layout()
         # One pipe for every child's exec status, read by the loop: a child that cannot exec
         # writes one "<pid> <why>" line (atomic: shorter than PIPE_BUF) and exits 127.
@@ -182,8 +183,15 @@ class Supervisor(TreeSupervisor):
             return spawn_worker(spec, env, out, err, status, mask)
 
         return wiring.spawn_with_output(
-            spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_fds,
+            spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_files,
             self.layout, self.relay,
+        )
+
+    def log_stopped(self, rank: int, log: RankLog) -> None:
+        """Once per rank whose log the file system refused: which, after what, and why."""
+        self.reporter.warning(
+            f"rank {rank}'s log {log.path} stopped after {log.written} bytes: {log.why()}; "
+            "the rest of its output goes to this console"
         )
 
     def read_exec_status(self, fd: int) -> None:
@@ -343,7 +351,11 @@ class Supervisor(TreeSupervisor):
         else:
             code = 0
         failure = self.failure
-        if failure is not None and failure.log_path is None:
+        stopped = self.relay.stopped_logs.get(failure.rank) if failure is not None else None
+        if failure is not None and stopped is not None:
+            failure = failure._replace(log_incomplete=f"stopped after {stopped.written} bytes: "
+                                       f"{stopped.why()}")
+        if failure is not None and (failure.log_path is None or stopped is not None):
             failure = failure._replace(output_tail=tuple(self.relay.tail(failure.rank)))
         return Outcome(
             exit_code=code,
