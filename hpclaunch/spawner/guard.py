@@ -51,7 +51,7 @@ def launch_guard(
             pidfile.check_pid_file(pid_file)
         # The watchdog first: a launcher killed while writing the PID file leaves a draft
         # or a whole file, and the watchdog, which knows the path, removes either.
-        watchdog = tree.start_watchdog(guard.token, pid_file)
+        watchdog = _start_watchdog(guard.token, pid_file)
         guard.watchdog = watchdog
         if tree.parent_of(watchdog.pid) == os.getpid():  # we are PID 1 and adopted it
             guard.helpers = frozenset({watchdog.pid})
@@ -73,3 +73,15 @@ def launch_guard(
             pidfile.remove_pid_file(pid_file, os.getpid())
         if own_inbox:
             inbox.uninstall()
+
+
+def _start_watchdog(token: str, pid_file: Optional[str]) -> tree.Watchdog:
+    """The watchdog, or a refusal (exit 2, nothing started) when it cannot be forked."""
+    try:
+        return tree.start_watchdog(token, pid_file)
+    except OSError as exc:
+        from hpclaunch.errors import SpawnError
+        from hpclaunch.spawner.limits import fork_failure
+
+        raise SpawnError(f"cannot start the launcher's watchdog, so no worker: "
+                         f"{fork_failure(exc)}") from None

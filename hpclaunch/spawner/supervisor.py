@@ -93,6 +93,9 @@ def _child(
 
 #: Workers reported to the watchdog per write while starting (one write wakes it once).
 TRACK_BATCH = 64
+#: Exit status when a worker could not be started (fork failed: a process limit) and the
+#: ones started were stopped: sysexits' EX_OSERR, "cannot fork" (docs/cli.md).
+CANNOT_START = 71
 
 
 class Supervisor(TreeSupervisor):
@@ -124,6 +127,8 @@ class Supervisor(TreeSupervisor):
         #: Workers forked but not yet reported to the watchdog (see :data:`TRACK_BATCH`).
         self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
+        #: Why a worker could not be started (fork failed), if that ended the launch.
+        self.start_failure = ""
         #: SIGUSR1/2 that arrived before every worker was running: sent once all are.
         self.deferred: List[int] = []
         self.failure: Optional[WorkerFailure] = None
@@ -146,7 +151,11 @@ class Supervisor(TreeSupervisor):
             for spec in self.plan.workers:
                 if self.phase != self.RUNNING:
                     return  # a fatal signal or a failure arrived while starting: no more
-                self.start_one(spec)
+                try:
+                    self.start_one(spec)
+                except OSError as exc:  # fork: a process limit; a pipe or pty: out of them
+                    self.cannot_start(spec, exc)
+                    return
                 if len(self.untracked) >= TRACK_BATCH:
                     self.track_started()
                 self.handle_signals(self.inbox.drain())
@@ -167,6 +176,18 @@ class Supervisor(TreeSupervisor):
         self.untracked.append(pid)
         if error:
             self.exec_errors[pid] = error
+
+    def cannot_start(self, spec: RankSpec, exc: OSError) -> None:
+        """A worker could not be started: say why (which limit), stop those that were."""
+        from hpclaunch.spawner.limits import fork_failure
+
+        self.start_failure = (
+            f"cannot start rank {spec.rank}: {fork_failure(exc)}; {self.started} of "
+            f"{len(self.plan.workers)} worker(s) started"
+        )
+        self.reporter.info(f"rank {spec.rank} cannot be started: stopping the {self.started} "
+                           "worker(s) started")
+        self.begin_terminate()
 
     def track_started(self) -> None:
         """Tell the watchdog the new workers' process groups, in one write."""
@@ -340,6 +361,8 @@ class Supervisor(TreeSupervisor):
     def outcome(self) -> Outcome:
         if self.failure is not None:
             code = self.failure.status
+        elif self.start_failure:
+            code = CANNOT_START
         elif self.fatal_signal is not None:
             code = 128 + self.fatal_signal
         elif self.succeeded < len(self.plan.workers):
@@ -362,6 +385,7 @@ class Supervisor(TreeSupervisor):
             failure=failure,
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
+            error=self.start_failure if code == CANNOT_START and failure is None else "",
         )
 
 

@@ -41,7 +41,7 @@ def test_every_mount_the_tests_benchmarks_and_scripts_run_skips_the_mtab() -> No
         except (UnicodeDecodeError, IsADirectoryError):
             continue
         for match in _MOUNT_COMMAND.finditer(text):
-            options = re.split(r"""["',\s]+""", match.group(0))
+            options = re.split(r"""["'`,\s]+""", match.group(0))
             if "-n" not in options and "--no-mtab" not in options:
                 found.append(f"{path.relative_to(ROOT)}: {match.group(0).strip()}")
     assert found == []

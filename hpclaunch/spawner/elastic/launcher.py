@@ -298,7 +298,14 @@ def run_elastic(
             if stop is not None:  # asked to stop before anything started
                 guard.clean = True
                 return Outcome(exit_code=128 + stop, fatal_signal=stop)
-            agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog, reporter)
+            try:
+                agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog,
+                                              reporter)
+            except OSError as exc:  # fork: a process limit
+                from hpclaunch.errors import SpawnError
+                from hpclaunch.spawner.limits import fork_failure
+
+                raise SpawnError(f"cannot start the elastic agent: {fork_failure(exc)}") from None
             guard.watchdog.track(agent)  # its own session: pgid == pid
             reporter.info(
                 f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
