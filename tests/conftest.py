@@ -45,6 +45,34 @@ def pytest_configure(config: pytest.Config) -> None:
     tempfile.tempdir = None  # recompute from TMPDIR; pytest's basetemp follows
 
 
+#: What a test needs beyond Python, by where it lives (``-m "not slurm"`` etc. leaves it out);
+#: single tests elsewhere carry their own ``@pytest.mark.root``. ``slow``: a minute or more.
+MARKS_BY_PATH = {
+    "slurm/": ("slurm", "root"),
+    "mpi/": ("mpi", "root"),
+    "elastic/test_elastic.py": ("torch",),
+    "integration/test_gloo.py": ("torch",),
+    "benchmarks/": ("slow", "torch"),
+    "packaging/": ("slow", "root"),
+    "hardening/test_soak.py": ("slow",),
+    "cli/test_scheduler_dry_run.py": ("root",),
+}
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Mark each test by what it needs (see :data:`MARKS_BY_PATH`), and ``torch`` wherever
+    the ``torch_available`` fixture is used."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(tests_dir).as_posix()
+        for prefix, names in MARKS_BY_PATH.items():
+            if where.startswith(prefix):
+                for name in names:
+                    item.add_marker(name)
+        if "torch_available" in getattr(item, "fixturenames", ()):
+            item.add_marker("torch")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     saved = config.stash.get(_SESSION_TMP, None)
     if saved is None:

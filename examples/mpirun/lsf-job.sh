@@ -8,5 +8,7 @@
 #BSUB -W 00:10
 #BSUB -o allreduce.%J.out
 set -eu
+# --adapter mpi: the world over MPI and MPI_Abort on failure (without it, inside an LSF job
+# the built-in lsf adapter reads $LSB_MCPU_HOSTS).
 mpirun --hostfile "$LSB_DJOB_HOSTFILE" -npernode 1 -x PATH -x LD_LIBRARY_PATH \
-    hpclaunch examples/allreduce.py
+    hpclaunch --adapter mpi examples/allreduce.py

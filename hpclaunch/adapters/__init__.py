@@ -7,21 +7,36 @@ Order (first whose ``detect`` is true wins under ``--adapter auto``):
 2. ``slurm`` -- inside a Slurm job step. Checked before MPI because ``srun`` of an MPI build
    exports PMI variables too, and Slurm's own variables are the more precise description.
    (The adapter itself handles an sbatch script outside ``srun``.)
-3. ``mpi`` -- an MPI launcher's environment (OpenMPI/PMIx, MPICH/Hydra, ...).
-4. plug-ins (entry-point group ``hpclaunch.adapters``), by name: a site's scheduler is better
+3. ``pbs`` -- a PBS Pro / OpenPBS job (``PBS_JOBID`` + ``PBS_NODEFILE``), and
+4. ``lsf`` -- an LSF job (``LSB_JOBID`` + ``LSB_MCPU_HOSTS`` or ``LSB_DJOB_HOSTFILE``).
+   After Slurm, whose step variables describe the very step; before MPI, because on these
+   machines hpclaunch is started one per node by ``mpiexec``/``mpirun``/``jsrun`` as often as
+   by ``pbsdsh``, and the scheduler's host list gives the world without mpi4py or a
+   collective. The adapters refuse a launch whose MPI launcher started a different number
+   of hpclaunch than the job has hosts (``--adapter mpi`` runs such a subset).
+5. ``mpi`` -- an MPI launcher's environment (OpenMPI/PMIx, MPICH/Hydra, ...).
+6. ``kubeflow`` -- a Kubeflow PyTorchJob (v1) or TrainJob (Trainer v2) pod: torchrun's
+   ``PET_NNODES`` is set. After MPI: an MPI launcher that started this very process (an
+   MPIJob pod) is the more direct evidence.
+7. plug-ins (entry-point group ``hpclaunch.adapters``), by name: a site's scheduler is better
    evidence than none, but the built-ins above have their own, which a plug-in cannot
    overrule unless named with ``--adapter``.
-5. ``local`` -- no scheduler at all: this machine alone.
+8. ``local`` -- no scheduler at all: this machine alone.
+
+``torchrun`` (the world torchrun's static flags describe, from ``PET_*`` variables) is never
+detected: ``hpclaunch-torchrun`` chooses it, or ``--adapter torchrun``.
 
 Modules are imported only when chosen, so that detection stays cheap and mpi4py is never
-imported unless the MPI adapter runs; plug-ins are listed (a directory scan, no import)
-only when a name is not a built-in's or nothing but ``local`` detected.
+imported unless the MPI adapter runs; the PBS, LSF and Kubeflow adapters are detected by
+:data:`ENV_DETECTORS` (variable checks, no import of their modules); plug-ins are listed (a
+directory scan, no import) only when a name is not a built-in's or nothing but ``local``
+detected.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from hpclaunch.adapters.base import Adapter, BaseAdapter
 from hpclaunch.errors import UsageError
@@ -31,9 +46,46 @@ from hpclaunch.options import WorldOptions
 ADAPTERS: Dict[str, Tuple[str, str]] = {
     "explicit": ("hpclaunch.adapters.explicit", "ExplicitAdapter"),
     "slurm": ("hpclaunch.adapters.slurm", "SlurmAdapter"),
+    "pbs": ("hpclaunch.adapters.pbs", "PBSAdapter"),
+    "lsf": ("hpclaunch.adapters.lsf", "LSFAdapter"),
     "mpi": ("hpclaunch.adapters.mpi", "MPIAdapter"),
+    "kubeflow": ("hpclaunch.adapters.kubeflow", "KubeflowAdapter"),
+    "torchrun": ("hpclaunch.adapters.torchrun", "TorchrunAdapter"),
     "local": ("hpclaunch.adapters.local", "LocalAdapter"),
 }
+
+
+def _set(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
+
+
+def pbs_job(env: Mapping[str, str]) -> bool:
+    """Inside a PBS Pro / OpenPBS job, on one of its hosts."""
+    return _set(env, "PBS_JOBID") and _set(env, "PBS_NODEFILE")
+
+
+def lsf_job(env: Mapping[str, str]) -> bool:
+    """Inside an LSF job: its id and one of the two host lists LSF gives every task."""
+    return _set(env, "LSB_JOBID") and (
+        _set(env, "LSB_MCPU_HOSTS") or _set(env, "LSB_DJOB_HOSTFILE")
+    )
+
+
+def kubeflow_pod(env: Mapping[str, str]) -> bool:
+    """A pod the Kubeflow training operator (v1 PyTorchJob, Trainer v2 TrainJob) set up."""
+    return _set(env, "PET_NNODES")
+
+
+#: Built-ins detected by their variables alone: the adapter's module is imported only when
+#: it is chosen, so a plain local launch pays nothing for schedulers it is not under.
+ENV_DETECTORS: Dict[str, Callable[[Mapping[str, str]], bool]] = {
+    "pbs": pbs_job,
+    "lsf": lsf_job,
+    "kubeflow": kubeflow_pod,
+}
+
+#: What ``--adapter auto`` tries, in order, before plug-ins and ``local``.
+DETECTION_ORDER = ("slurm", "pbs", "lsf", "mpi", "kubeflow")
 
 #: The built-in choices of ``--adapter``; :func:`adapter_names` adds the plug-ins.
 ADAPTER_NAMES = ("auto",) + tuple(ADAPTERS)
@@ -100,7 +152,12 @@ def select(env: Mapping[str, str], options: WorldOptions, forced: Optional[str] 
         return load(forced)
     if options.world_info is not None:
         return load("explicit")
-    for name in ("slurm", "mpi"):
+    for name in DETECTION_ORDER:
+        detector = ENV_DETECTORS.get(name)
+        if detector is not None:
+            if detector(env):
+                return load(name)
+            continue
         adapter = load(name)
         if adapter.detect(env):
             return adapter
@@ -110,6 +167,8 @@ def select(env: Mapping[str, str], options: WorldOptions, forced: Optional[str] 
 __all__ = [
     "ADAPTERS",
     "ADAPTER_NAMES",
+    "DETECTION_ORDER",
+    "ENV_DETECTORS",
     "Adapter",
     "BaseAdapter",
     "WorldOptions",

@@ -19,6 +19,8 @@ from hpclaunch.options import ElasticOptions
 AGENT_VARS = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+    "ROLE_NAME", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_USE_AGENT_STORE",
 })
 #: Contract variables elastic/worker.py derives from the agent's (see DERIVED there).
 DERIVED_VARS = frozenset({"CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"})
@@ -40,10 +42,15 @@ class ElasticSetup(NamedTuple):
     rendezvous_conf: Dict[str, str]
     argv: Tuple[str, ...]  # the worker command, ``${local_rank}`` where the rank goes
     nproc_per_node: int
+    #: torchrun's ``--role`` (the workers' ``ROLE_NAME``).
+    role: str = "default"
+    #: torchrun's ``--local-addr``: this node's address in the rendezvous (None: its FQDN).
+    local_addr: Optional[str] = None
 
     def describe(self, run_id: str) -> Dict[str, Any]:
-        """The ``elastic`` key of ``--dry-run``: what the agent will be given."""
-        return {
+        """The ``elastic`` key of ``--dry-run``: what the agent will be given (``role`` and
+        ``local_addr`` only when torchrun's flags set them)."""
+        shown: Dict[str, Any] = {
             "min_nodes": self.min_nodes,
             "max_nodes": self.max_nodes,
             "max_restarts": self.max_restarts,
@@ -55,8 +62,13 @@ class ElasticSetup(NamedTuple):
             },
             "nproc_per_node": self.nproc_per_node,
             "worker_argv": list(self.argv),
-            "agent_sets": sorted(AGENT_VARS | {"TORCHELASTIC_RESTART_COUNT"}),
+            "agent_sets": sorted(AGENT_VARS),
         }
+        if self.role != "default":
+            shown["role"] = self.role
+        if self.local_addr is not None:
+            shown["local_addr"] = self.local_addr
+        return shown
 
 
 def node_bounds(world: World, min_nodes: int, max_nodes: int) -> Tuple[int, int]:

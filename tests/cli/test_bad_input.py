@@ -45,7 +45,7 @@ CASES = {
     "port too big": (["--world_info", GOOD, "--master_port", "70000"], "master_port"),
     "unknown flag": (["--frobnicate"], "unknown launcher flag"),
     "prefix of a flag": (["--node", "1"], "unknown launcher flag"),
-    "bad adapter": (["--adapter", "pbs"], "adapter"),
+    "bad adapter": (["--adapter", "nosuch"], "adapter"),
     "bad log level": (["--log_level", "chatty"], "log_level"),
     "negative kill timeout": (["--kill_timeout", "-1"], "kill_timeout"),
     "zero workers": (["--nproc_per_node", "0"], "nproc_per_node"),

@@ -248,9 +248,10 @@ def test_a_node_leaving_restarts_the_other_in_a_smaller_world(
 ) -> None:
     fifo, stop = Fifo(tmp_path / "ready.fifo"), Fifo(tmp_path / "stop.fifo")
     port = free_port()
-    # Short rendezvous settings: a dead node is noticed after 2 missed 1 s heartbeats, and a
-    # round with at least min nodes completes 4 s after min is reached.
-    conf = "last_call_timeout=4,keep_alive_interval=1,keep_alive_max_attempt=2"
+    # Short rendezvous settings: a dead node is noticed after 3 missed 2 s heartbeats (a
+    # loaded 2-core machine delays a live agent's 1 s heartbeat past 2 misses), and a round
+    # with at least min nodes completes 4 s after min is reached.
+    conf = "last_call_timeout=4,keep_alive_interval=2,keep_alive_max_attempt=3"
     flags = ("--ready", fifo.path, "--stop", stop.path, "--train")
     procs = [node_launcher(n, port, tmp_path, *flags, conf=conf) for n in (0, 1)]
     pids: List[int] = []

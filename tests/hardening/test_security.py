@@ -94,6 +94,7 @@ def test_hostile_paths_and_args_reach_the_worker_literally(tmp_path: Path, name:
     assert not (base / "pwned").exists() and not (Path.cwd() / "pwned").exists()
 
 
+@pytest.mark.root
 def test_foreign_owned_pid_file_is_refused(tmp_path: Path) -> None:
     require(os.getuid() == 0, "root (to make a file owned by another user)")
     planted = tmp_path / "99.deepspeed"

@@ -80,12 +80,23 @@ def test_a_stalled_console_holds_workers_back_without_losing_output(tmp_path: Pa
         assert numbers == list(range(300_000))
 
 
-def test_closed_stderr_keeps_the_workers_exit_code() -> None:
-    """``2>&-``: exit 3 stays 3, and stdout still gets the workers' lines."""
+def test_closed_stderr_keeps_the_workers_exit_code(tmp_path: Path) -> None:
+    """``2>&-``: exit 3 stays 3, and stdout still gets the workers' lines.
+
+    Rank 1 fails only after rank 0 has printed (a named pipe between them): otherwise its
+    exit can stop rank 0 before rank 0's line exists, and the test would measure the race.
+    """
+    handoff = tmp_path / "handoff"
+    os.mkfifo(handoff)
+    script = (
+        "echo on stdout; echo on stderr >&2; "
+        f'if [ "$RANK" = 0 ]; then echo done > {handoff}; exit 0; fi; '
+        f"read done < {handoff}; exit 3"
+    )
     result = subprocess.run(
         ["sh", "-c", 'exec "$@" 2>&-', "sh",
          *launcher_cmd("--nproc_per_node", "2", "--no_local_rank", "--no_python", "sh", "-c",
-                       'echo on stdout; echo on stderr >&2; exit $((RANK * 3))')],
+                       script)],
         stdout=subprocess.PIPE, timeout=HANG_GUARD,
     )
     assert result.returncode == 3

@@ -1,5 +1,7 @@
 """The plain launch path imports per need: a static launch of an executable loads none of the
-modules only elastic mode, the MPI adapter, plug-ins or the dry-run's big-world writer need."""
+modules only elastic mode, the MPI adapter, plug-ins or the dry-run's big-world writer need,
+nor the adapters of schedulers it is not under (detected by their variables alone) or the
+torchrun command's."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from tests.conftest import ROOT
 #: Each costs milliseconds of every launch's start-up (inspect alone ~10 ms here).
 HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metadata",
          "hpclaunch.model.elastic", "hpclaunch.spawner.elastic.launcher", "shutil",
-         "socket")
+         "socket", "hpclaunch.adapters.pbs", "hpclaunch.adapters.lsf",
+         "hpclaunch.adapters.kubeflow", "hpclaunch.adapters.torchrun",
+         "hpclaunch.adapters.hostfile", "hpclaunch.torchrun")
 
 PROGRAM = """
 import json, sys

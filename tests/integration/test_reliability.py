@@ -63,6 +63,7 @@ def test_a_rank_that_exits_early_leaving_a_child_does_not_end_the_job(mark: str)
     assert wait_no_marked(mark) == []
 
 
+@pytest.mark.root
 def test_as_pid_1_every_rank_runs_and_the_watchdog_is_not_a_leftover(mark: str) -> None:
     # --kill_timeout 600: counting the launcher's own watchdog as a process that outlived
     # SIGTERM would wait it out; the 60 s hang guard catches that.
@@ -77,6 +78,7 @@ def test_as_pid_1_every_rank_runs_and_the_watchdog_is_not_a_leftover(mark: str) 
     assert "outlived" not in result.stderr
 
 
+@pytest.mark.root
 def test_as_pid_1_adopted_orphans_are_reaped_and_stopped(mark: str, tmp_path: Path) -> None:
     fifo = Fifo(tmp_path / "f")
     proc = subprocess.Popen(
@@ -97,6 +99,7 @@ def test_as_pid_1_adopted_orphans_are_reaped_and_stopped(mark: str, tmp_path: Pa
     assert wait_no_marked(mark) == []
 
 
+@pytest.mark.root
 def test_as_pid_1_sigterm_stops_the_workers_without_waiting_for_the_watchdog(
     mark: str, tmp_path: Path
 ) -> None:
@@ -292,6 +295,7 @@ def test_a_pid_file_naming_a_live_launcher_is_refused(mark: str, tmp_path: Path)
     assert wait_no_marked(mark) == []
 
 
+@pytest.mark.root
 def test_a_full_tmpdir_is_one_line_and_leaves_no_pid_file(tmp_path: Path) -> None:
     # A private mount namespace: the small tmpfs vanishes with it, whatever happens here.
     require(IS_ROOT and shutil.which("unshare") is not None, "root and unshare(1)")

@@ -77,6 +77,8 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert f"{dist_info}/licenses/LICENSE" in names
     assert "[console_scripts]" in entry_points
     assert "hpclaunch = hpclaunch.__main__:main" in entry_points
+    assert "hpclaunch-torchrun = hpclaunch.torchrun:main" in entry_points
+    assert "hpclaunch/torchrun/__main__.py" in names
     meta = metadata(wheel)
     assert meta["Name"] == "hpclaunch"
     assert meta["Requires-Python"] == ">=3.9"
@@ -132,3 +134,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_unprivileged(
     nobody = run(["id", "-u", "nobody"]).stdout.strip()
     said = sorted(line.split(": ", 1)[-1] for line in job.stdout.splitlines())
     assert said == [f"uid {nobody} rank 0 of 2", f"uid {nobody} rank 1 of 2"], job.stdout
+
+    torchrun = as_nobody([str(venv / "bin" / "hpclaunch-torchrun"), "--nproc-per-node", "2",
+                          "--role", "r", "--no-python", "/bin/sh", "-c",
+                          'echo "$ROLE_NAME rank $RANK of $WORLD_SIZE $OMP_NUM_THREADS"'], home)
+    assert torchrun.returncode == 0, torchrun.stderr
+    assert sorted(torchrun.stdout.splitlines()) == ["r rank 0 of 2 1", "r rank 1 of 2 1"]

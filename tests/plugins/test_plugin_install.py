@@ -1,4 +1,4 @@
-"""Adapter plug-ins for real: the example PBS package installed with pip into a temporary
+"""Adapter plug-ins for real: the example Grid Engine package installed with pip into a temporary
 directory, found through its entry point and driven through the command line; broken
 plug-ins as real dist-info directories.
 """
@@ -12,13 +12,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 from tests.conftest import ROOT, WORKER, run_launcher
 
-EXAMPLE = ROOT / "examples" / "plugins" / "pbs"
+EXAMPLE = ROOT / "examples" / "plugins" / "sge"
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +34,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
          str(source)],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    assert (target / "hpclaunch_pbs" / "__init__.py").is_file()
+    assert (target / "hpclaunch_sge" / "__init__.py").is_file()
     yield target
 
 
 def env_with(paths: List[Path], extra: Dict[str, str]) -> Dict[str, str]:
     """This checkout first (the code under test), then the plug-in directories."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PBS_", "SLURM_", "OMPI_", "PMI", "MPI_"))}
+           if not k.startswith(("PBS_", "LSB_", "PET_", "SLURM_", "OMPI_", "PMI", "MPI_"))
+           and k not in ("JOB_ID", "PE_HOSTFILE")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, paths)])
     env.update(extra)
     return env
 
 
-def pbs_job(tmp_path: Path, hosts: List[str]) -> Dict[str, str]:
-    nodefile = tmp_path / "nodefile"
-    nodefile.write_text("".join(h + "\n" for h in hosts))
-    return {"PBS_JOBID": "4242.pbs01", "PBS_NODEFILE": str(nodefile),
-            "PBS_ENVIRONMENT": "PBS_BATCH"}
+def sge_job(tmp_path: Path, hosts: List[Tuple[str, int]]) -> Dict[str, str]:
+    hostfile = tmp_path / "pe_hostfile"
+    hostfile.write_text("".join(f"{h} {n} all.q@{h} UNDEFINED\n" for h, n in hosts))
+    return {"JOB_ID": "4242", "SGE_TASK_ID": "undefined", "PE_HOSTFILE": str(hostfile),
+            "PE": "mpi"}
 
 
 def dry_run(env: Dict[str, str], *flags: str) -> Dict[str, object]:
@@ -63,48 +64,49 @@ def dry_run(env: Dict[str, str], *flags: str) -> Dict[str, object]:
 
 def test_named_with_adapter_flag(site: Path, tmp_path: Path) -> None:
     me = socket.gethostname()
-    env = env_with([site], pbs_job(tmp_path, ["other-node", me]))
-    shown = dry_run(env, "--adapter", "pbs")
-    assert shown["adapter"] == "pbs"
+    env = env_with([site], sge_job(tmp_path, [("other-node", 1), (me, 1)]))
+    shown = dry_run(env, "--adapter", "sge")
+    assert shown["adapter"] == "sge"
     assert shown["world_info"] == {"other-node": [0], me: [0]}
     assert shown["node_rank"] == 1 and shown["master_addr"] == "other-node"
-    assert shown["run_id"] == "pbs-4242.pbs01"
+    assert shown["run_id"] == "sge-4242"
 
 
 def test_found_by_auto_detection_after_the_builtins(site: Path, tmp_path: Path) -> None:
     me = socket.gethostname()
-    env = env_with([site], pbs_job(tmp_path, [me, me]))
+    env = env_with([site], sge_job(tmp_path, [(me, 2)]))
     shown = dry_run(env)
-    assert shown["adapter"] == "pbs" and shown["world_size"] == 2
+    assert shown["adapter"] == "sge" and shown["world_size"] == 2
     # Built-ins with their own evidence come first: --world_info means explicit.
     explicit = dry_run(env, "--world_info", "eyJhIjogWzBdfQ==")  # {"a": [0]}
     assert explicit["adapter"] == "explicit"
-    # Outside a PBS job the plug-in does not detect, and local remains the fallback.
+    # Outside a Grid Engine job the plug-in does not detect, and local remains the fallback.
     assert dry_run(env_with([site], {}))["adapter"] == "local"
 
 
 def test_real_two_worker_run(site: Path, tmp_path: Path) -> None:
     me = socket.gethostname()
-    env = env_with([site], pbs_job(tmp_path, [me, me]))  # mpiprocs=2: two workers here
+    env = env_with([site], sge_job(tmp_path, [(me, 2)]))  # two slots: two workers here
     out = tmp_path / "out"
     out.mkdir()
     result = run_launcher(WORKER, "--env-out", str(out), env=env)
     assert result.returncode == 0, result.stderr
-    assert "pbs world: node 0/1" in result.stderr
+    assert "sge world: node 0/1" in result.stderr
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank, record in enumerate(records):
         assert record["env"]["RANK"] == str(rank) and record["env"]["WORLD_SIZE"] == "2"
-        assert record["env"]["TORCHELASTIC_RUN_ID"] == "pbs-4242.pbs01"
+        assert record["env"]["TORCHELASTIC_RUN_ID"] == "sge-4242"
         assert record["env"]["MASTER_ADDR"] == me and record["env"]["MASTER_PORT"] == "33742"
 
 
 def test_listed_in_help_and_choices(site: Path) -> None:
     env = env_with([site], {})
     shown = run_launcher("--help", env=env)
-    assert "{auto,explicit,slurm,mpi,local,pbs}" in shown.stdout
-    wrong = run_launcher("--adapter", "pbz", WORKER, env=env)
+    builtins = "auto,explicit,slurm,pbs,lsf,mpi,kubeflow,torchrun,local"
+    assert "{" + builtins + ",sge}" in shown.stdout
+    wrong = run_launcher("--adapter", "sgf", WORKER, env=env)
     assert wrong.returncode == 2
-    assert wrong.stderr.strip().endswith("use one of auto, explicit, slurm, mpi, local, pbs")
+    assert wrong.stderr.strip().endswith("use one of " + builtins.replace(",", ", ") + ", sge")
 
 
 def broken_dist(base: Path, name: str, target: str, module: str = "") -> Path:
@@ -127,8 +129,8 @@ def broken_dist(base: Path, name: str, target: str, module: str = "") -> Path:
          "is broken: it lacks world()"),
         ("raises:Adapter", "from hpclaunch import BaseAdapter\n"
          "class Adapter(BaseAdapter):\n    name = 'raises'\n"
-         "    def detect(self, env):\n        raise KeyError('PBS_X')\n",
-         "failed in detect() (KeyError: 'PBS_X')"),
+         "    def detect(self, env):\n        raise KeyError('SGE_X')\n",
+         "failed in detect() (KeyError: 'SGE_X')"),
     ],
 )
 def test_broken_plugin_is_one_line_naming_it(

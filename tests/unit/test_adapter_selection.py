@@ -1,5 +1,5 @@
-"""``--adapter auto``: one ordered list (explicit > slurm > mpi > local), and ``--adapter``
-forcing one; explicit and local defaults per the contract."""
+"""``--adapter auto``: one ordered list (explicit > slurm > pbs > lsf > mpi > kubeflow >
+local), and ``--adapter`` forcing one; explicit and local defaults per the contract."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_forced_adapter_wins_over_detection() -> None:
     assert select(SLURM_STEP, WorldOptions(), "local").name == "local"
     assert select({}, WorldOptions(), "mpi").name == "mpi"
     with pytest.raises(UsageError, match="unknown adapter"):
-        select({}, WorldOptions(), "pbs")
+        select({}, WorldOptions(), "nosuch")
 
 
 def test_explicit_defaults_are_deepspeeds() -> None:

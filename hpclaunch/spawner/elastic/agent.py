@@ -140,6 +140,8 @@ def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int, voice: Reporter
         start_method="spawn",
         signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
         shutdown_timeout=run.shutdown_timeout,
+        role=setup.role,
+        local_addr=setup.local_addr,
     )
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
     shim_config = worker_config(plan, os.getpid()).replace("$", "$$")

@@ -1,0 +1,135 @@
+"""The world of a PBS Pro / OpenPBS job, derived by every host alone from the job's files.
+
+Start one hpclaunch per host of the job: ``pbsdsh -u -- hpclaunch train.py`` (``-u``: one
+task per unique host), ``mpiexec --ppn 1 hpclaunch train.py`` (MPICH, Intel MPI, HPE Cray
+PALS) or ``mpirun -npernode 1 hpclaunch train.py`` (OpenMPI). The world:
+
+* ``PBS_JOBID`` -- the job (``1234.server``, array sub-jobs ``123[7].server``); run id
+  ``pbs-<PBS_JOBID>``, master port derived from the job number and array index (every host
+  computes the same; ``--master_port`` overrides);
+* ``PBS_NODEFILE`` -- one line per MPI slot (``mpiprocs`` of each chunk): the unique hosts in
+  order of first appearance are the nodes, the first is the master;
+* this node's rank is this host's position among them (exact name, else a unique short
+  name); where the host calls itself by a name the file does not use, the launcher's own
+  node index stands in: ``PALS_NODEID`` (Cray PALS ``mpiexec``) or ``PBS_NODENUM``
+  (``pbsdsh``), both counted over the same host list;
+* workers per host: ``--nproc_per_node``, else this host's GPUs (``CUDA_VISIBLE_DEVICES`` as
+  PBS's cgroup hook sets it for ``ngpus=N``, or the driver's), else the host's line count
+  (its ``mpiprocs``).
+
+An MPI launcher that put more than one hpclaunch on a host, or started a different number
+than the job has hosts, is refused (one line naming the variable); the file is read in
+:meth:`PBSAdapter.world`, never in detection.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Mapping, Tuple
+
+from hpclaunch.adapters import pbs_job
+from hpclaunch.adapters.base import BaseAdapter
+from hpclaunch.adapters.hostfile import (
+    check_one_per_host,
+    host_index,
+    job_hosts,
+    job_number,
+    read_host_lines,
+    shown,
+    slot_counts,
+)
+from hpclaunch.adapters.slurm import derive_master_port
+from hpclaunch.adapters.torchrun import optional_int
+from hpclaunch.errors import AdapterError
+from hpclaunch.machine import gpus as machine_gpus
+from hpclaunch.machine import network
+from hpclaunch.model.world import World
+from hpclaunch.options import WorldOptions
+
+GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
+
+_HOW = "pbsdsh -u -- hpclaunch ..., mpiexec --ppn 1 hpclaunch ..., or mpirun -npernode 1"
+
+#: The launchers' own node indices over the job's unique hosts, in order of preference.
+NODE_INDEX_VARS = ("PALS_NODEID", "PBS_NODENUM")
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise AdapterError(
+            f"{name} is not set: run hpclaunch inside a PBS job (qsub), one per host: {_HOW}"
+        )
+    return value
+
+
+class PBSAdapter(BaseAdapter):
+    """World from a PBS Pro / OpenPBS job: ``PBS_JOBID`` + ``PBS_NODEFILE``."""
+
+    name = "pbs"
+
+    def __init__(
+        self,
+        hostname: Callable[[], str] = network.hostname,
+        gpu_probe: GpuProbe = machine_gpus.visible_gpus,
+    ) -> None:
+        self._hostname = hostname
+        self._gpu_probe = gpu_probe
+
+    def detect(self, env: Mapping[str, str]) -> bool:
+        return pbs_job(env)
+
+    def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
+        job_id = _required(env, "PBS_JOBID")
+        path = _required(env, "PBS_NODEFILE")
+        counts = slot_counts(read_host_lines(path, "PBS_NODEFILE"))
+        names = list(counts)
+        check_one_per_host(env, len(names), "PBS_NODEFILE", _HOW)
+        node_rank = self._node_rank(env, names)
+        if options.node_rank is not None and options.node_rank != node_rank:
+            raise AdapterError(
+                f"--node_rank {options.node_rank} contradicts this host's place {node_rank} "
+                "in PBS_NODEFILE: drop --node_rank"
+            )
+        hosts, gpu_slots = job_hosts(
+            counts, node_rank, self._gpu_probe(env), options.nproc_per_node,
+            slots_are_workers=True,
+        )
+        number, index = job_number(job_id, env.get("PBS_ARRAY_INDEX", ""))
+        return World(
+            hosts=hosts,
+            node_rank=node_rank,
+            master_addr=options.master_addr or names[0],
+            master_port=(
+                options.master_port
+                if options.master_port is not None
+                else derive_master_port(number, index)
+            ),
+            run_id=f"pbs-{job_id}",
+            gpu_slots=gpu_slots,
+        )
+
+    def _node_rank(self, env: Mapping[str, str], names: List[str]) -> int:
+        hostname = self._hostname()
+        found = host_index(names, hostname)
+        if found is not None:
+            return found
+        for name in NODE_INDEX_VARS:
+            index = optional_int(env, name)
+            if index is not None:
+                if index >= len(names):
+                    raise AdapterError(
+                        f"{name}={index} but PBS_NODEFILE lists {len(names)} host(s): the "
+                        "launcher's node index is not the job's"
+                    )
+                self._notes = (
+                    f"this host ({hostname}) is not named in PBS_NODEFILE: node rank "
+                    f"{index} from {name}",
+                )
+                return index
+        raise AdapterError(
+            f"this host {hostname!r} is not in PBS_NODEFILE ({shown(names)}): start "
+            f"hpclaunch on the job's hosts, one per host: {_HOW}"
+        )
+
+
+__all__ = ["PBSAdapter"]

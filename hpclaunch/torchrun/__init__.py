@@ -1,0 +1,82 @@
+"""``hpclaunch-torchrun`` (also ``python -m hpclaunch.torchrun``): torchrun's command line,
+run by hpclaunch.
+
+Parsing (:mod:`hpclaunch.torchrun.parser`, torchrun 2.13's flags and ``PET_*``), then the
+launch it means (:mod:`hpclaunch.torchrun.form`), then the public API's calls, as the
+``hpclaunch`` command does: a dry run, or the launch and its exit status. Workers see what
+torchrun's see (its variables, no ``--local-rank`` argument); where hpclaunch differs on
+purpose (the failing worker's exit status instead of 1; teardown as soon as a worker fails)
+docs/cli.md says so, flag by flag.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+from hpclaunch.errors import UsageError
+from hpclaunch.reporter import (
+    CRITICAL,
+    ERROR,
+    INFO,
+    LEVELS,
+    Reporter,
+    reopen_closed_standard_fds,
+)
+
+if TYPE_CHECKING:
+    from hpclaunch.model.world import World
+
+
+def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World]) -> int:
+    from hpclaunch import api
+    from hpclaunch.torchrun.form import plan_launch
+    from hpclaunch.torchrun.parser import parse
+
+    env = dict(os.environ)
+    args = parse(argv, env)
+    launch = plan_launch(args, env, reporter)
+    worlds.append(launch.plan.world)  # for finish(), whatever happens next
+    for note in launch.notes:
+        reporter.info(note)
+    if args.dry_run:
+        from hpclaunch.model.plan import write_plan
+
+        write_plan(launch.plan.to_json(), sys.stdout)
+        return 0
+    outcome = api.launch(launch.plan, env=env, reporter=reporter)
+    if outcome.failure is not None:
+        from hpclaunch.spawner.report import failure_summary
+
+        reporter.emit(ERROR, failure_summary(outcome.failure), highlight=True)
+    elif outcome.error:
+        reporter.emit(ERROR, [outcome.error], highlight=True)
+    return outcome.exit_code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command's whole life; returns the exit status (see docs/cli.md)."""
+    from hpclaunch import api
+
+    reopen_closed_standard_fds()
+    color = os.isatty(2) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    # torchrun's LOGLEVEL (its logger's level) sets the launcher's: WARNING hides the
+    # banner and the notes, as torchrun's own info lines are hidden.
+    level = LEVELS.get(os.environ.get("LOGLEVEL", "info").lower(), INFO)
+    reporter = Reporter(level, color=color)
+    worlds: List[World] = []
+    try:
+        status = _run(sys.argv[1:] if argv is None else list(argv), reporter, worlds)
+    except UsageError as exc:
+        reporter.emit(CRITICAL, [f"error: {' '.join(str(exc).split())}"])
+        status = 2
+    try:
+        api.finish(status, worlds[0] if worlds else None)
+    except UsageError as exc:
+        reporter.error(" ".join(str(exc).split()))
+        status = status or 2
+    return status
+
+
+__all__ = ["main"]
