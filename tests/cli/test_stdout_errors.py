@@ -5,6 +5,7 @@ status 1, never a traceback and never a success with nothing written."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from typing import List
 
 import pytest
@@ -46,3 +47,19 @@ def test_output_stdout_takes_is_written_whole(name: str) -> None:
     expected = {"dry-run": '"world_size": 2', "version": "hpclaunch ", "help": "usage:"}[name]
     assert expected in result.stdout and result.stdout.endswith("\n")
     assert "error" not in result.stderr
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_hpclaunch_torchruns_dry_run_is_held_to_the_same(stdout: str) -> None:
+    argv = [sys.executable, "-m", "hpclaunch.torchrun", "--standalone", "--nproc-per-node",
+            "2", "--no-python", "--dry-run", "/bin/true"]
+    if stdout == "closed":
+        result = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", *argv],
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    else:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True,
+                                    timeout=60)
+    assert result.returncode == 1, result.stderr
+    line = error_line(result.stderr)
+    assert "cannot write the plan" in line
