@@ -33,6 +33,8 @@ from tests.conftest import (
     wait_until_empty,
 )
 
+pytestmark = pytest.mark.root  # mounts / a pids cgroup and another user
+
 WORKERS = 16
 #: Processes the limit allows: the launcher, its watchdog, and 8 workers.
 ALLOWED = 10

@@ -20,7 +20,11 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
+
 from tests.conftest import error_line, launcher_cmd, require
+
+pytestmark = pytest.mark.root  # mounts / a pids cgroup and another user
 
 #: Lines per rank: ~110 KB, more than the small tmpfs holds for both ranks' logs.
 LINES = 20_000
