@@ -5,55 +5,42 @@ fd and the event loop reads it there. So a signal can never interrupt the launch
 through bookkeeping (torch elastic's handlers raise from wherever the main thread is, and
 lose the Popens already started).
 
-:func:`hold_signals` is the launcher's first act (the CLI's entry point, and
-:func:`hpclaunch.launch` for a program): from then on no handled signal can kill it or raise
-a KeyboardInterrupt, whatever it is doing (importing, parsing, asking MPI for the world); a
-signal that arrives before anything can act on it waits in the inbox until something does.
+:func:`hpclaunch.hold.hold` is the launcher's first act (the entry points'; :func:`hold_signals`
+for :func:`hpclaunch.launch` from a program): from then on no handled signal can kill it or
+raise a KeyboardInterrupt, whatever it is doing (importing, parsing, asking MPI for the
+world); a signal that arrives before anything can act on it waits in the inbox until
+something does.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from types import FrameType
-from typing import AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Iterable, List, Optional, Sequence, Tuple
+
+from hpclaunch.hold import Held, hold
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: The same as :data:`hpclaunch.hold.HELD_SIGNALS` (which cannot use ``signal``'s enums).
 HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
 
 
-def _ignore(signum: int, frame: Optional[FrameType]) -> None:
-    """Python-level no-op: the C handler has already written ``signum`` to the wakeup fd."""
-
-
 class SignalInbox:
-    """The launcher's handled signals, readable from :attr:`read_fd`."""
+    """The launcher's handled signals, readable from :attr:`read_fd`.
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = pipe_above_stdio()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-        self._previous: Dict[int, object] = {}
-        self._previous_fd = -1
+    Made from signals already held (:func:`hpclaunch.hold.hold`, the entry point's first
+    line), or, by :func:`hold_signals`, held now.
+    """
+
+    def __init__(self, held: Held) -> None:
+        self.held = held
+        self.read_fd, self.write_fd = held.read_fd, held.write_fd
         #: Signals read from the pipe but not yet taken by :meth:`drain` (see :meth:`fatal`).
         self.pending: List[int] = []
         #: The signal mask the launcher was started with: its workers start with it too,
         #: as they would under any other parent (the launcher itself unblocks what it handles).
-        self.worker_mask: AbstractSet[int] = frozenset()
-
-    def install(self) -> None:
-        """Handle every signal in :data:`HANDLED_SIGNALS` through the pipe from now on.
-
-        They are blocked while the handlers go in, so none can arrive between two of them
-        and find its default action (SIGUSR1's kills), then unblocked: one that arrived
-        meanwhile, or before (blocked by whoever started us), is delivered to the inbox.
-        """
-        self.worker_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        self._previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for sig in HANDLED_SIGNALS:
-            self._previous[sig] = signal.signal(sig, _ignore)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self.worker_mask: AbstractSet[int] = held.mask
 
     def drain(self) -> List[int]:
         """Every signal received and not yet taken, in order of arrival."""
@@ -74,36 +61,14 @@ class SignalInbox:
         return next((sig for sig in self.pending if sig in FATAL_SIGNALS), None)
 
     def uninstall(self) -> None:
-        """The handlers, wakeup fd and mask as they were before :meth:`install`."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._previous_fd)
-        set_mask(self.worker_mask)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
-
-
-def pipe_above_stdio() -> Tuple[int, int]:
-    """A close-on-exec pipe whose ends are not fds 0-2, even where one of those is closed
-    (``>&-``): the inbox is made before the launcher puts /dev/null there, and stdout must
-    never be the signal pipe."""
-    ends = os.pipe()
-    if min(ends) > 2:
-        return ends
-    import fcntl
-
-    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in ends)
-    for fd in ends:
-        os.close(fd)
-    return moved[0], moved[1]
+        """The handlers, wakeup fd and mask as they were before the signals were held."""
+        self.held.release()
 
 
 def hold_signals() -> SignalInbox:
-    """A new, installed :class:`SignalInbox`: call it first, before anything can fail or take
+    """Signals held now, in a new inbox: call it first, before anything can fail or take
     time; whoever calls it uninstalls it (or exits)."""
-    inbox = SignalInbox()
-    inbox.install()
-    return inbox
+    return SignalInbox(hold())
 
 
 def reset_in_child() -> None:

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from hpclaunch.errors import OutputError, UsageError
+from hpclaunch.hold import hold
 from hpclaunch.reporter import (
     CRITICAL,
     ERROR,
@@ -24,7 +25,6 @@ from hpclaunch.reporter import (
     Reporter,
     reopen_closed_standard_fds,
 )
-from hpclaunch.spawner.inbox import hold_signals
 
 if TYPE_CHECKING:
     from hpclaunch.model.world import World
@@ -69,11 +69,12 @@ def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World],
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command's whole life; returns the exit status (see docs/cli.md). Its first line
     holds the launcher's signals, as ``hpclaunch``'s does (docs/cli.md, Signals)."""
-    signals = hold_signals()
+    held = hold()
     from hpclaunch import api
+    from hpclaunch.spawner.inbox import SignalInbox
     from hpclaunch.spawner.process import LauncherProcess
 
-    process = LauncherProcess(signals)
+    process = LauncherProcess(SignalInbox(held))
     closed = reopen_closed_standard_fds()
     color = os.isatty(2) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     # torchrun's LOGLEVEL (its logger's level) sets the launcher's: WARNING hides the

@@ -9,10 +9,10 @@ The random-delay runs fork this test process and call the real entry point
 (Python's KeyboardInterrupt handler for SIGINT, the default action for the others), dozens
 of runs in seconds. The world is a big one (40,000 ranks), so reading and planning it takes
 a real launcher's ~100 ms of start-up before the first worker starts. The delay counts from
-the moment the entry point holds its signals (where ``hold_signals`` returns; on a launcher
-without it, from the entry point's call): no Python program can handle a signal before its
-first line has run. Whatever the child would have printed as a traceback is caught and
-written to its output.
+the moment the entry point holds its signals (where :func:`hpclaunch.hold.hold` returns; on
+a launcher without it, from the entry point's call): no Python program can handle a signal
+before its first line has run. Whatever the child would have printed as a traceback is
+caught and written to its output.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, List
 import pytest
 
 from tests.conftest import (
+    ROOT,
     Fifo,
     free_port,
     kill_all,
@@ -59,19 +60,21 @@ def _child(argv: List[str], out: int, ready: int) -> None:
         os.dup2(out, 2)
         sys.stdout = open(1, "w", closefd=False)  # pytest's capture is not the child's
         sys.stderr = open(2, "w", closefd=False)
-        import hpclaunch.spawner.inbox as inbox
         from hpclaunch.__main__ import main
 
-        held = getattr(inbox, "hold_signals", None)
-        if held is None:  # a launcher without it: time from the entry point's call
+        try:
+            import hpclaunch.hold as first_line
+        except ImportError:  # a launcher without it: time from the entry point's call
             os.write(ready, b".")
         else:
+            held = first_line.hold
+
             def hold_then_tell() -> Any:
                 signals = held()
                 os.write(ready, b".")
                 return signals
 
-            inbox.hold_signals = hold_then_tell  # type: ignore[attr-defined]
+            first_line.hold = hold_then_tell
         # A fresh interpreter's dispositions: Python's SIGINT handler, the default action
         # for the others (SIGUSR1's kills), nothing blocked.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -214,3 +217,33 @@ def test_a_stop_signal_blocked_by_the_parent_still_stops_the_launch(
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
     assert wait_no_marked(mark) == []
+
+
+def test_the_signals_held_first_are_the_ones_the_launcher_handles() -> None:
+    """hpclaunch.hold names them without ``signal``'s enums (they cost the window)."""
+    from hpclaunch.hold import HELD_SIGNALS
+    from hpclaunch.spawner.inbox import HANDLED_SIGNALS
+
+    assert sorted(HELD_SIGNALS) == sorted(int(sig) for sig in HANDLED_SIGNALS)
+
+
+def test_the_entry_point_holds_signals_before_importing_more(tmp_path: Path) -> None:
+    """What runs before the first line's hold: only the package's own (small) __init__ and
+    hpclaunch.hold; ``typing``, ``enum`` (``signal``'s) and the CLI come after it."""
+    probe = (
+        "import sys\n"
+        "import hpclaunch.hold as hold\n"
+        "real = hold.hold\n"
+        "def spy():\n"
+        "    print(sorted(m for m in sys.modules if m in ('typing', 'enum', 'signal')\n"
+        "                 or m.startswith('hpclaunch')))\n"
+        "    return real()\n"
+        "hold.hold = spy\n"
+        "from hpclaunch.__main__ import main\n"
+        "sys.exit(main(['--version']))\n"
+    )
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    before = result.stdout.splitlines()[0]
+    assert before == "['hpclaunch', 'hpclaunch.__main__', 'hpclaunch.hold']", before
