@@ -186,14 +186,15 @@ def launch(
 
     Workers inherit ``env`` (default ``os.environ``) as the world's adapter filters it, plus
     the plan's variables. Keywords change the plan's output and launch options for this
-    launch (``kill_timeout``, ``pid_file``, ``prefix_output``, ``ranks_filter``,
-    ``raw_output``), checked as :func:`plan` checks them. Signals to this process (SIGINT,
-    SIGTERM, SIGHUP; SIGUSR1/2 forwarded) are handled from this call's first line to its
-    return, as in the CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned)
-    for a bad option, log directory or PID file, a master port in use, too low a
-    file-descriptor limit, or elastic mode without torch. ``process`` is the CLI's (its
-    signals, held since its first line, and its console, left open for the failure summary);
-    a program leaves it out.
+    launch (``kill_timeout``, ``pid_file``, ``stall_timeout``, ``stack_dumps``,
+    ``prefix_output``, ``ranks_filter``, ``raw_output``), checked as :func:`plan` checks
+    them. Signals to this process (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded; SIGQUIT
+    dumps every rank's stack) are handled from this call's first line to its return, as in
+    the CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad
+    option, log directory or PID file, a master port in use, too low a file-descriptor
+    limit, or elastic mode without torch. ``process`` is the CLI's (its signals, held since
+    its first line, and its console, left open for the failure summary); a program leaves
+    it out.
     """
     from hpclaunch.spawner.inbox import hold_signals
 

@@ -57,7 +57,8 @@ HELP_EXAMPLES = """examples:
 
 Everything after the training script is passed to it untouched.
 Exit status: 0 all workers succeeded; c the first failed worker's code; 128+s a signal;
-2 bad invocation (nothing started)."""
+124 stalled (--stall_timeout); 2 bad invocation (nothing started).
+SIGQUIT (Ctrl-\\) prints every local rank's stack; the job goes on."""
 
 LOG_LEVELS = LEVELS
 
@@ -148,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
           "GPU; exclusive: split that node's CPUs between its workers (default none)")
     _flag(proc, "--kill_timeout", type=float, default=15.0,
           help="seconds between SIGTERM and SIGKILL at teardown (default 15)")
+    _flag(proc, "--stall_timeout", type=float, default=None, metavar="SECONDS",
+          help="when no rank of this node has made progress (output, or a touch of "
+          "$HPCLAUNCH_HEARTBEAT_FILE) for SECONDS: dump every rank's stack, stop the job, "
+          "exit 124 (default: off)")
+    _flag(proc, "--no_stack_dumps", action="store_true",
+          help="no stack-dump handler in the workers (SIGQUIT and a stall then report "
+          "process states only)")
     _flag(proc, "--dry_run", action="store_true", help="print the plan as JSON and exit")
     logs = parser.add_argument_group("logging")
     _flag(logs, "--enable_each_rank_log", default=None,
@@ -294,6 +302,8 @@ def _invocation(
         pid_file=pid_file,
         bind_cores=_bind_cores(args),
         numa_binding=args.numa_binding,
+        stall_timeout=args.stall_timeout,
+        stack_dumps=not args.no_stack_dumps,
     )
     launch.check()  # before the world: under MPI a bad value must not cost an allgather
     elastic = None

@@ -17,9 +17,10 @@ from __future__ import annotations
 import _signal
 import os
 
-#: Stop (SIGINT, SIGTERM, SIGHUP), forwarded (SIGUSR1, SIGUSR2), and SIGCHLD.
+#: Stop (SIGINT, SIGTERM, SIGHUP), forwarded (SIGUSR1, SIGUSR2), stack dumps (SIGQUIT),
+#: and SIGCHLD.
 HELD_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1,
-                _signal.SIGUSR2, _signal.SIGCHLD)
+                _signal.SIGUSR2, _signal.SIGQUIT, _signal.SIGCHLD)
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -3,7 +3,7 @@
 * :class:`WorldOptions` -- which world: the adapter and the flags that shape a World;
 * :class:`OutputOptions` -- where workers' output goes: per-rank logs, prefixes, the filter;
 * :class:`LaunchOptions` -- how workers are started and stopped: cores, NUMA, PID file,
-  the SIGTERM -> SIGKILL wait;
+  the SIGTERM -> SIGKILL wait, the stall timeout and stack dumps;
 * :class:`ElasticOptions` -- elastic mode's bounds, restarts and rendezvous settings.
 
 Each group's ``check`` holds every refusal of its values, with the flag's name in the
@@ -32,6 +32,9 @@ MAX_CPUS = 8192
 #: Most workers one node may start: one per CPU of the largest machine Linux can run on.
 #: A count above it is a typo (``--nproc_per_node 1000000`` planned for seconds, in GBs).
 MAX_LOCAL_WORKERS = MAX_CPUS
+#: --stall_timeout's bounds: a second (the heartbeat file is read at most once a second),
+#: and a week (longer than any batch limit: beyond it, a typo).
+MIN_STALL_TIMEOUT, MAX_STALL_TIMEOUT = 1.0, 604800.0
 
 
 class WorldOptions(NamedTuple):
@@ -102,6 +105,12 @@ class LaunchOptions(NamedTuple):
     bind_cores: Optional[Tuple[int, ...]] = None
     #: ``--numa_binding``: CPUs and memory nearest each worker's GPU.
     numa_binding: str = "none"
+    #: ``--stall_timeout``: seconds without progress from every rank that made some before
+    #: the launcher dumps the stacks and stops the job (None or 0: never).
+    stall_timeout: Optional[float] = None
+    #: False (``--no_stack_dumps``): no dump handler in the workers, no tracer permission,
+    #: no py-spy; SIGQUIT and a stall then report the processes' states only.
+    stack_dumps: bool = True
 
     def check(self) -> None:
         timeout = self.kill_timeout
@@ -117,6 +126,9 @@ class LaunchOptions(NamedTuple):
                 f"--numa_binding {self.numa_binding!r}: use one of {', '.join(NUMA_MODES)}"
             )
         check_cpu_choice(self.numa_binding, self.bind_cores is not None, None)
+        check_stall_timeout(self.stall_timeout)
+        if not isinstance(self.stack_dumps, bool):
+            raise UsageError(f"stack_dumps {self.stack_dumps!r}: give True or False")
         if self.bind_cores is not None:
             if len(set(self.bind_cores)) != len(self.bind_cores):
                 raise UsageError("--bind_core_list lists a core twice: list each core once")
@@ -183,6 +195,21 @@ def check_core_id(core: Union[int, str], flag: str) -> None:
 def clip(text: str, most: int = 60) -> str:
     """``text`` for one error line: its start and how long it was, if it is long."""
     return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
+
+
+def check_stall_timeout(seconds: object) -> None:
+    """None or 0 is off; otherwise a finite number of seconds within the bounds."""
+    if seconds is None or (seconds == 0 and not isinstance(seconds, bool)):
+        return
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not MIN_STALL_TIMEOUT <= seconds <= MAX_STALL_TIMEOUT  # also refuses nan
+    ):
+        shown = f"{seconds:g}" if isinstance(seconds, (int, float)) else repr(seconds)
+        raise UsageError(
+            f"--stall_timeout {shown}: give seconds from 1 to 604800 (or 0 for no stall check)"
+        )
 
 
 def format_ranks(ranks: AbstractSet[object]) -> str:

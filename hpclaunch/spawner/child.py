@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+#: Yama's "this process (and its descendants) may ptrace me": py-spy, started by the launcher.
+PR_SET_PTRACER = 0x59616D61
 
 #: Upper bound for closing inherited descriptors (``closerange`` uses close_range(2)).
 MAX_FD = 1 << 30
@@ -76,14 +78,16 @@ def become_worker(
     stderr_fd: Optional[int] = None,
     keep_fd: Optional[int] = None,
     new_session: bool = False,
+    tracer: Optional[int] = None,
 ) -> None:
     """The worker's own setup, then exec the command in place. Returns only by raising.
 
     Kept to syscalls, in this order: own session (static: the worker's PID is its group, so
     teardown signals the group); death signal, then a check that ``parent`` did not die
-    before it was armed; cores and memory node; stdout/stderr, and fds 0-2 open (see
-    :func:`keep_standard_fds_open`); with ``keep_fd`` set, every
-    descriptor but 0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's
+    before it was armed; ``tracer`` (the launcher) allowed to ptrace it, so py-spy can take
+    native stacks under Yama's ptrace scope 1 without root; cores and memory node;
+    stdout/stderr, and fds 0-2 open (see :func:`keep_standard_fds_open`); with ``keep_fd``
+    set, every descriptor but 0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's
     ``close_fds=True`` (an MPI process manager's pipes are not the worker's); default
     SIGPIPE/SIGXFSZ; exec.
     """
@@ -92,6 +96,8 @@ def become_worker(
     arm_death_signal()
     if os.getppid() != parent:
         os._exit(1)  # the parent died before the death signal was armed: nobody wants us
+    if tracer is not None:
+        allow_tracer(tracer)
     if cpus:
         os.sched_setaffinity(0, cpus)
     if mem_node is not None:
@@ -161,6 +167,15 @@ def exec_failure(program: str, exc: BaseException) -> str:
             return (f"cannot start {program!r}: the interpreter its #! line names, "
                     f"{interpreter!r}, was not found")
     return f"cannot start {program!r}: {exc}"
+
+
+def allow_tracer(pid: int) -> None:
+    """Let ``pid`` and its descendants ptrace this process (and, after exec, the program).
+    Without Yama the kernel refuses the option (EINVAL), and nothing needs allowing."""
+    try:
+        prctl(PR_SET_PTRACER, pid)
+    except OSError:
+        pass
 
 
 def prefer_memory_node(node: int) -> None:

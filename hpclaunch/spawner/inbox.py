@@ -22,8 +22,10 @@ from hpclaunch.hold import Held, hold
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: Ctrl-\ on a terminal, ``scancel --signal=QUIT``: every rank's stack (the job goes on).
+DUMP_SIGNALS = (signal.SIGQUIT,)
 #: The same as :data:`hpclaunch.hold.HELD_SIGNALS` (which cannot use ``signal``'s enums).
-HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + DUMP_SIGNALS + (signal.SIGCHLD,)
 
 
 class SignalInbox:

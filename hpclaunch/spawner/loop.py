@@ -3,9 +3,9 @@
 Signal handlers do nothing but let Python write the signal number to a wakeup pipe
 (``signal.set_wakeup_fd``); one ``selectors`` loop sleeps on that pipe (and on whatever
 other descriptors a subclass registers, with a callback as the key's data) and wakes for
-SIGCHLD, SIGINT/TERM/HUP and SIGUSR1/2. Children are reaped with ``waitpid(-1, WNOHANG)``:
-because the launcher is a subreaper, the same call reaps adopted orphans and, by raising
-``ECHILD``, says when the last descendant is gone.
+SIGCHLD, SIGINT/TERM/HUP, SIGUSR1/2 and SIGQUIT. Children are reaped with ``waitpid(-1,
+WNOHANG)``: because the launcher is a subreaper, the same call reaps adopted orphans and, by
+raising ``ECHILD``, says when the last descendant is gone.
 
 Teardown is torch elastic's TERM -> bounded wait -> KILL -> bounded wait, applied to whole
 process trees (every descendant, however detached) rather than to process groups only.
@@ -24,7 +24,7 @@ from typing import AbstractSet, FrozenSet, List, Optional, Sequence, Set
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.events import Events, NoEvents
-from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
+from hpclaunch.spawner.inbox import DUMP_SIGNALS, FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
@@ -77,6 +77,9 @@ class TreeSupervisor:
         """A first SIGINT/TERM/HUP arrived while running; teardown starts right after."""
         raise NotImplementedError
 
+    def on_dump_request(self) -> None:
+        """SIGQUIT: every local rank's stack, and the job goes on."""
+
     def begin_terminate(self) -> None:
         """Send the first, polite signal; must call :meth:`start_clock`."""
         raise NotImplementedError
@@ -111,6 +114,8 @@ class TreeSupervisor:
                 elif self.phase == self.TERMINATING:
                     self.reporter.info(f"got {signal.Signals(sig).name} again: killing now")
                     self.begin_kill()
+            elif sig in DUMP_SIGNALS:
+                self.on_dump_request()
         self.after_signals()
 
     def after_signals(self) -> None:
@@ -130,6 +135,11 @@ class TreeSupervisor:
                 self.helpers = self.helpers - {pid}
                 continue
             self.on_child_exit(pid, status)
+
+    def adopt_helper(self, pid: int) -> None:
+        """A short-lived tool the launcher started (py-spy, scancel): never a worker or a
+        leftover, and not what "no children left" waits for."""
+        self.helpers = self.helpers | {pid}
 
     def only_helpers_left(self) -> bool:
         """Children remain; True if they are all our own helpers (as PID 1: the watchdog)."""

@@ -108,4 +108,6 @@ def check(plan: LaunchPlan) -> None:
     """Every check that needs no process started, in the order a user would fix them."""
     check_master_port(plan)
     relayed = not plan.output.raw_output and plan.elastic is None  # elastic workers write directly
-    ensure_fd_budget(len(plan.workers), held_fds(plan, relayed, plan.output.ranks_filter))
+    # Per worker, a stack-dump pipe and a heartbeat file (hpclaunch.spawner.stall).
+    dumps = len(plan.workers) * (plan.launch.stack_dumps + bool(plan.launch.stall_timeout))
+    ensure_fd_budget(len(plan.workers), held_fds(plan, relayed, plan.output.ranks_filter) + dumps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-from typing import AbstractSet, Dict, List, Mapping, NoReturn, Optional
+from typing import TYPE_CHECKING, AbstractSet, Dict, List, Mapping, NoReturn, Optional
 
 from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
@@ -18,6 +18,7 @@ from hpclaunch.spawner import tree
 from hpclaunch.spawner.child import become_worker, exec_failure
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
+from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import (
     fork_with_signals_blocked,
     reset_in_child,
@@ -31,6 +32,9 @@ from hpclaunch.spawner.output.ranklog import RankLog
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 
+if TYPE_CHECKING:
+    from hpclaunch.spawner.stacks import DumpTarget
+
 
 def spawn_worker(
     spec: RankSpec,
@@ -39,6 +43,7 @@ def spawn_worker(
     stderr_fd: Optional[int],
     status_fd: int,
     mask: Optional[AbstractSet[int]] = None,
+    tracer: Optional[int] = None,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
 
@@ -53,7 +58,7 @@ def spawn_worker(
     pid, old_mask = fork_with_signals_blocked(())
     if pid == 0:
         _child(spec, env, parent, old_mask if mask is None else mask, stdout_fd, stderr_fd,
-               status_fd)
+               status_fd, tracer)
     set_mask(old_mask)
     return pid, ""
 
@@ -66,6 +71,7 @@ def _child(
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
+    tracer: Optional[int],
 ) -> NoReturn:
     """Between fork and exec: only what must run in the child, then the shared setup."""
     try:
@@ -81,6 +87,7 @@ def _child(
             stderr_fd=stderr_fd,
             keep_fd=status_fd,
             new_session=True,
+            tracer=tracer,
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
@@ -119,6 +126,7 @@ class Supervisor(TreeSupervisor):
         self.base_env = base_env
         self.tree_token = guard.token
         self.log_files = log_files
+        self.log_fds = {path: log.fd for path, log in log_files.items()}
         self.watchdog = guard.watchdog
         self.live: Dict[int, RankSpec] = {}
         #: Ranks forked so far, and ranks that exited 0: success needs both to be all of them.
@@ -136,6 +144,10 @@ class Supervisor(TreeSupervisor):
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
         self.relay.on_log_stopped = self.log_stopped
+        #: SIGQUIT's dumps and --stall_timeout (hpclaunch.spawner.hang)
+        self.watch_files = WatchFiles(plan, base_env)
+        self.hang = HangWatch(plan, self.watch_files, self.selector, reporter, events,
+                              self.dump_targets, self.relay.progress, self.adopt_helper)
         self.layout = wiring.Layout()
         # One pipe for every child's exec status, read by the loop: a child that cannot exec
         # writes one "<pid> <why>" line (atomic: shorter than PIPE_BUF) and exits 127.
@@ -168,6 +180,7 @@ class Supervisor(TreeSupervisor):
     def start_one(self, spec: RankSpec) -> None:
         env = dict(self.base_env)
         env.update(spec.env)
+        env.update(self.watch_files.worker_env(spec.local_rank, env))
         env[tree.TREE_TOKEN_VAR] = self.tree_token
         pid, error = self.spawn_with_output(spec, env)
         self.no_children = False
@@ -197,11 +210,12 @@ class Supervisor(TreeSupervisor):
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
         status, mask = self.status_write, self.inbox.worker_mask
+        tracer = self.me if self.plan.launch.stack_dumps else None
 
         def spawn(
             spec: RankSpec, env: Mapping[str, str], out: Optional[int], err: Optional[int]
         ) -> tuple[int, str]:
-            return spawn_worker(spec, env, out, err, status, mask)
+            return spawn_worker(spec, env, out, err, status, mask, tracer)
 
         return wiring.spawn_with_output(
             spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_files,
@@ -264,6 +278,18 @@ class Supervisor(TreeSupervisor):
             self.fatal_signal = sig
         self.reporter.info(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
 
+    def on_dump_request(self) -> None:
+        self.hang.on_sigquit()
+
+    def dump_targets(self) -> List[DumpTarget]:
+        """The live workers, for their stacks."""
+        from hpclaunch.spawner.stacks import DumpTarget
+
+        return [
+            DumpTarget(spec.local_rank, spec.rank, pid, self.log_fds.get(spec.log_path or ""))
+            for pid, spec in self.live.items()
+        ]
+
     def on_child_exit(self, pid: int, status: int) -> None:
         spec = self.live.pop(pid, None)
         if spec is not None:  # else an adopted orphan (we are its subreaper)
@@ -276,8 +302,8 @@ class Supervisor(TreeSupervisor):
             self.succeeded += 1
             self.check_all_done()
             return
-        if self.phase != self.RUNNING or self.failure is not None:
-            return  # a consequence of our own teardown, not a cause
+        if self.phase != self.RUNNING or self.failure is not None or self.hang.stalled is not None:
+            return  # a consequence of our own teardown (or of the stall), not a cause
         if code == 127 and self.status_read >= 0:
             self.read_exec_status(self.status_read)  # it wrote why before it exited
         log_path = spec.log_path
@@ -334,12 +360,17 @@ class Supervisor(TreeSupervisor):
         return not self.live and self.no_children
 
     def wake_timeout(self) -> Optional[float]:
-        return self.relay.next_timeout()
+        due = [self.relay.next_timeout(), self.hang.wake_timeout(self.phase == self.RUNNING)]
+        return min((d for d in due if d is not None), default=None)
 
     def on_wake(self) -> None:
         self.relay.show_idle()
+        running = self.phase == self.RUNNING
+        if self.hang.on_wake(running, self.relay.paused) and running:
+            self.begin_terminate()  # the stall is reported and its stacks are out
 
     def close(self) -> None:
+        self.hang.close()
         self.relay.drain_all()
         self.console.detach()
         # Everything the workers wrote reaches the console while its reader lives, however
@@ -363,6 +394,8 @@ class Supervisor(TreeSupervisor):
             code = self.failure.status
         elif self.start_failure:
             code = CANNOT_START
+        elif self.hang.stalled is not None:
+            code = STALL_EXIT_STATUS
         elif self.fatal_signal is not None:
             code = 128 + self.fatal_signal
         elif self.succeeded < len(self.plan.workers):
@@ -385,7 +418,8 @@ class Supervisor(TreeSupervisor):
             failure=failure,
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
-            error=self.start_failure if code == CANNOT_START and failure is None else "",
+            error=("" if failure is not None else
+                   self.start_failure if code == CANNOT_START else self.hang.outcome_error()),
         )
 
 

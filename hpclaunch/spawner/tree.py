@@ -244,7 +244,8 @@ def start_watchdog(token: str, pid_file: Optional[str] = None) -> Watchdog:
 
 
 def _watchdog_main(read_fd: int, token: str, pid_file: Optional[str], launcher: int) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -45,6 +45,18 @@ CASES: Dict[str, Any] = {
         ["--kill_timeout", "86401", *TWO_RANKS],
         lambda: two_rank_plan(kill_timeout=86401),
     ),
+    "stall_timeout below a second": (
+        ["--stall_timeout", "0.5", *TWO_RANKS],
+        lambda: hpclaunch.launch(two_rank_plan(), stall_timeout=0.5),
+    ),
+    "nan stall_timeout": (
+        ["--stall_timeout", "nan", *TWO_RANKS],
+        lambda: hpclaunch.launch(two_rank_plan(), stall_timeout=math.nan),
+    ),
+    "stall_timeout in the plan": (
+        ["--stall_timeout", "604801", *TWO_RANKS],
+        lambda: two_rank_plan(stall_timeout=604801),
+    ),
     "ranks_filter beyond the world": (
         ["--ranks_filter", "99", *TWO_RANKS],
         lambda: hpclaunch.launch(two_rank_plan(), ranks_filter={99}),

@@ -48,6 +48,8 @@ CASES = {
     "bad adapter": (["--adapter", "nosuch"], "adapter"),
     "bad log level": (["--log_level", "chatty"], "log_level"),
     "negative kill timeout": (["--kill_timeout", "-1"], "kill_timeout"),
+    "stall timeout not a number": (["--stall_timeout", "soon"], "stall_timeout"),
+    "negative stall timeout": (["--stall_timeout", "-5"], "stall_timeout"),
     "zero workers": (["--nproc_per_node", "0"], "nproc_per_node"),
     "module and no_python": (["--module", "--no_python"], "exclude"),
     "bad core list": (["--bind_cores_to_rank", "--bind_core_list", "3-1"], "bind_core_list"),

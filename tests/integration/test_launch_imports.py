@@ -16,7 +16,9 @@ HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metad
          "hpclaunch.model.elastic", "hpclaunch.spawner.elastic.launcher", "shutil",
          "socket", "hpclaunch.adapters.pbs", "hpclaunch.adapters.lsf",
          "hpclaunch.adapters.kubeflow", "hpclaunch.adapters.torchrun",
-         "hpclaunch.adapters.hostfile", "hpclaunch.torchrun")
+         "hpclaunch.adapters.hostfile", "hpclaunch.torchrun",
+         # Taking stacks and watching for stalls: imported at a dump or with --stall_timeout.
+         "hpclaunch.spawner.stacks", "hpclaunch.spawner.stall", "faulthandler")
 
 PROGRAM = """
 import json, sys

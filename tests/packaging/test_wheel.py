@@ -74,6 +74,8 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
         entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
     assert tops == {"hpclaunch", dist_info}, tops
     assert "hpclaunch/cli.py" in names and "hpclaunch/__main__.py" in names
+    # The workers' stack-dump hook: a folder with no __init__.py, shipped all the same.
+    assert "hpclaunch/spawner/worker_site/sitecustomize.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names
     assert "[console_scripts]" in entry_points
     assert "hpclaunch = hpclaunch.__main__:main" in entry_points
@@ -85,7 +87,7 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert meta["License-Expression"] == "Apache-2.0"
     requires = meta.get_all("Requires-Dist") or []
     assert any(r.startswith("psutil") and "extra" not in r for r in requires), requires
-    assert {"mpi", "torch"} <= set(meta.get_all("Provides-Extra") or [])
+    assert {"mpi", "torch", "py-spy"} <= set(meta.get_all("Provides-Extra") or [])
     assert any(r.startswith("mpi4py") and 'extra == "mpi"' in r for r in requires)
     assert any(r.startswith("torch") and 'extra == "torch"' in r for r in requires)
 
@@ -140,3 +142,14 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_unprivileged(
                           'echo "$ROLE_NAME rank $RANK of $WORLD_SIZE $OMP_NUM_THREADS"'], home)
     assert torchrun.returncode == 0, torchrun.stderr
     assert sorted(torchrun.stdout.splitlines()) == ["r rank 0 of 2 1", "r rank 1 of 2 1"]
+    # Unprivileged, the installed hook still reaches the launcher's pipe (/proc/<pid>/fd).
+    # The workers run the system's python3 (the one a venv of this machine's pyenv Python
+    # points into is not for nobody to run), so the hook works in another interpreter too.
+    script = home / "hangs.py"
+    script.write_text("import signal\nprint('waiting', flush=True)\nsignal.pause()\n")
+    stall = as_nobody([hpclaunch, "--nproc_per_node", "2", "--stall_timeout", "1",
+                       "--kill_timeout", "1", "--no_python", "--no_local_rank", "/usr/bin/python3",
+                       str(script)], home)
+    assert stall.returncode == 124, stall.stderr
+    for rank in (0, 1):
+        assert f'[rank{rank}]:   File "{script}", line 3, in <module>' in stall.stderr

@@ -14,13 +14,14 @@ import math
 import os
 import signal
 import sys
-from typing import Any, Dict, Mapping, NamedTuple, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from hpclaunch.model.elastic import AGENT_VARS, DERIVED_VARS, ElasticSetup
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import ERROR, Reporter
 from hpclaunch.spawner import child, tree
 from hpclaunch.spawner.inbox import (
+    DUMP_SIGNALS,
     FORWARDED_SIGNALS,
     SignalInbox,
     fork_with_signals_blocked,
@@ -39,16 +40,20 @@ def shutdown_timeout(kill_timeout: float) -> int:
     return int(math.ceil(kill_timeout))
 
 
-def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
-    """worker.py's JSON: per local rank the plan's fixed variables, cores and memory node,
-    and the per-rank log's name around the rank (known only after each rendezvous)."""
+def worker_config(plan: LaunchPlan, agent_pid: int, run: AgentRun) -> str:
+    """worker.py's JSON: per local rank the plan's fixed variables (and the launcher's stack
+    dump and heartbeat ones), cores and memory node, the per-rank log's name around the rank
+    (known only after each rendezvous), and who may ptrace the worker."""
     ranks = []
-    for spec in plan.workers:
+    for local_rank, spec in enumerate(plan.workers):
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
+        if local_rank < len(run.watch_env):
+            env.update(run.watch_env[local_rank])
         ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
                       "mem_node": spec.mem_node})
     return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts()},
+        {"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts(),
+         "tracer": run.tracer},
         separators=(",", ":"),
     )
 
@@ -61,6 +66,10 @@ class AgentRun(NamedTuple):
     shutdown_timeout: int
     #: Whether torch's agent logs at info level (the launcher's reporter is at debug).
     debug: bool
+    #: Per local rank, the variables of its stack-dump pipe and heartbeat file.
+    watch_env: Tuple[Mapping[str, str], ...] = ()
+    #: The PID allowed to ptrace the workers (the launcher: py-spy), or None.
+    tracer: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- the agent
@@ -138,13 +147,14 @@ def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int, voice: Reporter
         rdzv_configs=dict(setup.rendezvous_conf),
         max_restarts=setup.max_restarts,
         start_method="spawn",
-        signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+        # Not SIGQUIT: that asks for stacks (the launcher's), never ends the job.
+        signals_to_handle="SIGTERM,SIGINT,SIGHUP",
         shutdown_timeout=run.shutdown_timeout,
         role=setup.role,
         local_addr=setup.local_addr,
     )
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
-    shim_config = worker_config(plan, os.getpid()).replace("$", "$$")
+    shim_config = worker_config(plan, os.getpid(), run).replace("$", "$$")
     args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]
     try:
         elastic_launch(config, sys.executable)(*args)
@@ -188,10 +198,11 @@ def fork_agent(
         try:
             os.close(result_read)
             reset_in_child()
-            for sig in FORWARDED_SIGNALS:
-                # The launcher forwards these to the workers itself; one aimed at the whole
-                # job (scancel --signal) must not kill the agent. A Python-level handler
-                # (not SIG_IGN) so the workers, after exec, get the default action back.
+            for sig in FORWARDED_SIGNALS + DUMP_SIGNALS:
+                # The launcher forwards these to the workers itself (or dumps their stacks);
+                # one aimed at the whole job (scancel --signal) must not kill the agent. A
+                # Python-level handler (not SIG_IGN) so the workers, after exec, get the
+                # default action back.
                 signal.signal(sig, _ignore_signal)
             set_mask(old_mask)
             os.setsid()

@@ -29,7 +29,7 @@ import json
 import os
 import selectors
 import signal
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.elastic import ElasticSetup
@@ -44,9 +44,11 @@ from hpclaunch.spawner.elastic.agent import (
 )
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import launch_guard
+from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.stacks import DumpTarget
 
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
@@ -80,6 +82,7 @@ class _ElasticSupervisor(TreeSupervisor):
         result_fd: int,
         helpers: AbstractSet[int],
         events: Events,
+        files: WatchFiles,
     ) -> None:
         super().__init__(inbox, plan.launch.kill_timeout, reporter, helpers, events)
         self.plan = plan
@@ -90,6 +93,9 @@ class _ElasticSupervisor(TreeSupervisor):
         self.result: Dict[str, Any] = {}
         self.buffer = b""
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
+        #: SIGQUIT's dumps and --stall_timeout (by heartbeat files only: output is not relayed)
+        self.hang = HangWatch(plan, files, self.selector, reporter, events, self.dump_targets,
+                              {}, self.adopt_helper)
 
     # ------------------------------------------------------------------ loop hooks
 
@@ -105,6 +111,32 @@ class _ElasticSupervisor(TreeSupervisor):
         self.reporter.info(
             f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
         )
+
+    def on_dump_request(self) -> None:
+        self.hang.on_sigquit()
+
+    def dump_targets(self) -> List[DumpTarget]:
+        """The agent's workers, by the local rank and rank their environment says."""
+        targets = []
+        for pid in self.workers():
+            ranks = _rank_variables(pid)
+            if ranks is not None and ranks[1] < len(self.plan.workers):
+                rank, local_rank = ranks
+                targets.append(DumpTarget(local_rank, rank, pid,
+                                          log_path=self.plan.log_path_for(rank)))
+        return targets
+
+    def wake_timeout(self) -> Optional[float]:
+        return self.hang.wake_timeout(self.phase == self.RUNNING)
+
+    def on_wake(self) -> None:
+        running = self.phase == self.RUNNING
+        if self.hang.on_wake(running, False) and running:
+            self.begin_terminate()  # the stall is reported and its stacks are out
+
+    def close(self) -> None:
+        self.hang.close()
+        super().close()
 
     def after_signals(self) -> None:
         self.read_result()
@@ -205,6 +237,8 @@ class _ElasticSupervisor(TreeSupervisor):
 
     def outcome(self) -> Outcome:
         """As static mode's; a failure that is not a worker's is explained in ``error``."""
+        if self.hang.stalled is not None:
+            return Outcome(exit_code=STALL_EXIT_STATUS, error=self.hang.outcome_error())
         if self.fatal_signal is not None:
             return Outcome(exit_code=128 + self.fatal_signal, fatal_signal=self.fatal_signal)
         kind = self.result.get("kind")
@@ -281,6 +315,7 @@ def run_elastic(
         debug=reporter.enabled(DEBUG),
     )
     result_fd = -1
+    files: Optional[WatchFiles] = None
     with launch_guard(plan.launch.pid_file, inbox) as guard:
         try:
             reporter.info(plan.banner())
@@ -298,6 +333,11 @@ def run_elastic(
             if stop is not None:  # asked to stop before anything started
                 guard.clean = True
                 return Outcome(exit_code=128 + stop, fatal_signal=stop)
+            files = WatchFiles(plan, env)
+            run = run._replace(
+                watch_env=tuple(files.worker_env(slot, env) for slot in range(len(plan.workers))),
+                tracer=os.getpid() if plan.launch.stack_dumps else None,
+            )
             try:
                 agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog,
                                               reporter)
@@ -313,7 +353,8 @@ def run_elastic(
                 f"(run id {plan.world.run_id}), up to {setup.max_restarts} restart(s)"
             )
             supervisor = _ElasticSupervisor(
-                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events
+                plan, setup, reporter, guard.inbox, agent, result_fd, guard.helpers, events,
+                files,
             )
             supervisor.handle_signals(early)  # SIGUSR1/2 that came first: said, not lost
             supervisor.loop()
@@ -322,6 +363,18 @@ def run_elastic(
         finally:
             if result_fd >= 0:
                 os.close(result_fd)
+            if files is not None:
+                files.close()
+
+
+def _rank_variables(pid: int) -> Optional[Tuple[int, int]]:
+    """(RANK, LOCAL_RANK) from a worker's environment, or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            pairs = dict(item.partition(b"=")[::2] for item in handle.read().split(b"\0"))
+        return int(pairs[b"RANK"]), int(pairs[b"LOCAL_RANK"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 __all__ = ["run_elastic"]

@@ -1,7 +1,7 @@
 """The first program each elastic worker runs: finish the worker's setup, then exec the script.
 
 torch's elastic agent starts workers with a plain ``Popen`` (own session, its own env
-variables), which leaves four things of hpclaunch's contract undone. This file does them in
+variables), which leaves these things of hpclaunch's contract undone. This file does them in
 the worker's own process, then ``exec``s the user's command in place (same PID, so the
 agent's bookkeeping, signals and exit codes are untouched):
 
@@ -12,7 +12,9 @@ agent's bookkeeping, signals and exit codes are untouched):
   local rank's fixed variables from the plan (``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``);
 * the per-rank log, named by the global rank the rendezvous assigned, opened for appending
   (a restarted worker adds to its log) and never through a symlink;
-* the core and memory binding of ``--bind_cores_to_rank``/``--numa_binding``.
+* the core and memory binding of ``--bind_cores_to_rank``/``--numa_binding``;
+* the launcher allowed to ptrace it (``PR_SET_PTRACER``: py-spy's native stacks), and, among
+  the local rank's variables, the ones naming its stack-dump pipe and heartbeat file.
 
 The setup itself is :func:`hpclaunch.spawner.child.become_worker`, the function static
 workers run in the launcher's forked child. It is run as ``python -I -S worker.py CONFIG --
@@ -83,6 +85,7 @@ def main(argv: List[str]) -> None:
             mem_node=mine.get("mem_node"),
             stdout_fd=log_fd,
             stderr_fd=log_fd,
+            tracer=config.get("tracer"),
         )
     except OSError as exc:
         _fail(child["exec_failure"](command[0], exc), 127)
