@@ -12,7 +12,12 @@ from here; each name is loaded on first use, so ``import hpclaunch`` -- which ev
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+#: typing.TYPE_CHECKING without importing typing: every launch imports this package before
+#: its entry point's first line holds the signals (hpclaunch.hold), so it stays minimal.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.2.0"
 

@@ -29,11 +29,18 @@ from hpclaunch import adapters
 from hpclaunch.errors import UsageError
 from hpclaunch.fast import which
 from hpclaunch.model.world import World
-from hpclaunch.options import ElasticOptions, LaunchOptions, OutputOptions, WorldOptions
+from hpclaunch.options import (
+    ElasticOptions,
+    LaunchOptions,
+    OutputOptions,
+    WorldOptions,
+    check_local_workers,
+)
 from hpclaunch.reporter import DEBUG, Reporter
 
 if TYPE_CHECKING:
     from hpclaunch.model.plan import Command, LaunchPlan
+    from hpclaunch.spawner.process import LauncherProcess
     from hpclaunch.spawner.report import Outcome
 
 
@@ -93,6 +100,14 @@ def resolve_command(
             )
         if not os.access(path, os.X_OK):
             raise UsageError(f"--no_python target {path!r} is not executable: chmod +x it")
+        from hpclaunch.spawner.child import missing_interpreter
+
+        interpreter = missing_interpreter(path)
+        if interpreter is not None:
+            raise UsageError(
+                f"--no_python target {path!r} names the interpreter {interpreter!r} on its #! "
+                "line, which does not exist here: install it or fix the script's first line"
+            )
         return Command(script=os.path.abspath(path), args=tuple(args), mode="exec",
                        pass_local_rank=local_rank)
     if module:
@@ -145,6 +160,7 @@ def plan(
         log_dir=os.path.abspath(output.log_dir) if output.log_dir else None,
         log_timestamp=output.log_timestamp or time.strftime("%Y%m%d%H%M%S"),
     )
+    check_local_workers(world.local_world_size, f"the {world.source} world")
     _check_plan_options(world, output, launch)
     the_plan = build_plan(adapter or world.source, world, command, output, launch)
     if launch.numa_binding != "none":
@@ -162,6 +178,7 @@ def launch(
     *,
     env: Optional[Mapping[str, str]] = None,
     reporter: Optional[Reporter] = None,
+    process: Optional[LauncherProcess] = None,
     **fields: Any,
 ) -> Outcome:
     """Run the plan's workers to the end and return the :class:`Outcome` (never raises for a
@@ -172,14 +189,37 @@ def launch(
     launch (``kill_timeout``, ``pid_file``, ``stall_timeout``, ``stack_dumps``,
     ``prefix_output``, ``ranks_filter``, ``raw_output``), checked as :func:`plan` checks
     them. Signals to this process (SIGINT, SIGTERM, SIGHUP; SIGUSR1/2 forwarded; SIGQUIT
-    dumps every rank's stack) are handled for the launch's duration, as in the CLI. Raises
-    :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad option, log directory
-    or PID file, a master port in use, too low a file-descriptor limit, or elastic mode
-    without torch. ``event_log``/``metrics_file`` (the plan's output options, or keywords
-    here) keep the launch's record: see docs/events.md.
+    dumps every rank's stack) are handled from this call's first line to its return, as in
+    the CLI. Raises :class:`~hpclaunch.errors.UsageError` (nothing spawned) for a bad
+    option, log directory or PID file, a master port in use, too low a file-descriptor
+    limit, or elastic mode without torch. ``event_log``/``metrics_file`` (the plan's output
+    options, or keywords here) keep the launch's record: see docs/events.md. ``process`` is
+    the CLI's (its signals, held since its first line, and its console, left open for the
+    failure summary); a program leaves it out.
     """
+    from hpclaunch.spawner.inbox import hold_signals
+
+    own = process is None
+    if process is None:
+        from hpclaunch.spawner.process import LauncherProcess
+
+        process = LauncherProcess(hold_signals())
+    try:
+        return _launch(plan, env, reporter, process, fields)
+    finally:
+        if own:
+            process.close_console()
+            process.inbox.uninstall()
+
+
+def _launch(
+    plan: LaunchPlan,
+    env: Optional[Mapping[str, str]],
+    reporter: Optional[Reporter],
+    process: LauncherProcess,
+    fields: Mapping[str, Any],
+) -> Outcome:
     from hpclaunch.spawner import run
-    from hpclaunch.spawner.output.console import Console
 
     if fields:
         output, options = _split_fields(plan.output, plan.launch, fields)
@@ -190,16 +230,23 @@ def launch(
     voice = reporter or Reporter()
     if voice.enabled(DEBUG):
         voice.debug(f"plan: {plan.to_json_text()}")
-    console = Console()
+    console = process.console()
     speaker = voice.through(console.message)
-    try:
-        if plan.output.event_log is None and plan.output.metrics_file is None:
-            return run(plan, base_env, speaker, console)
+    if plan.output.event_log is None and plan.output.metrics_file is None:
+        outcome = run(plan, base_env, speaker, console, inbox=process.inbox)
+    else:
+        from functools import partial
+
         from hpclaunch.spawner.record import recorded_run
 
-        return recorded_run(plan, base_env, speaker, console, run)
-    finally:
-        console.close()
+        outcome = recorded_run(plan, base_env, speaker, console,
+                               partial(run, inbox=process.inbox))
+    if outcome.fatal_signal is not None and console.abandoned is None:
+        # Asked to stop from outside: nothing more waits on a console that does not read.
+        import signal
+
+        console.abandon(f"stopped by {signal.Signals(outcome.fatal_signal).name}")
+    return outcome
 
 
 def finish(exit_code: int, world: Optional[World] = None) -> None:

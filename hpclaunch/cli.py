@@ -26,7 +26,7 @@ from typing import (
 
 from hpclaunch import __version__, api
 from hpclaunch.adapters import ADAPTER_NAMES
-from hpclaunch.errors import UsageError
+from hpclaunch.errors import OutputError, UsageError
 from hpclaunch.fast import terminal_columns
 from hpclaunch.model.world import World, is_decimal
 from hpclaunch.options import (
@@ -38,8 +38,13 @@ from hpclaunch.options import (
     check_cpu_choice,
 )
 from hpclaunch.reporter import CRITICAL, ERROR, LEVELS, Reporter, reopen_closed_standard_fds
+from hpclaunch.spawner.inbox import SignalInbox, hold_signals
+from hpclaunch.spawner.process import LauncherProcess
+from hpclaunch.stdout import Stdout
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from hpclaunch.model.plan import Command, LaunchPlan
     from hpclaunch.spawner.report import Outcome
 
@@ -64,8 +69,17 @@ _ADAPTER_METAVAR = "{" + ",".join(ADAPTER_NAMES) + ",...}"
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting."""
 
+    #: Where ``--help`` and ``--version`` go: argparse itself swallows a write error.
+    stdout: Optional[Stdout] = None
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see 'hpclaunch --help')")
+
+    def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
+        if message and self.stdout is not None and (file is None or file is sys.stdout):
+            self.stdout.write(message)
+        else:
+            super()._print_message(message, file)
 
     def format_help(self) -> str:
         """List installed adapter plug-ins among ``--adapter``'s choices: only ``--help``
@@ -236,9 +250,13 @@ class Invocation:
         self.reporter = reporter
 
 
-def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, str, List[str]]:
+def _parse(
+    argv: Sequence[str], stdout_closed: bool = False
+) -> Tuple[argparse.Namespace, str, List[str]]:
     """(flags, training script, its arguments); DeepSpeed's "None" spelling means not given."""
     parser = build_parser()
+    if isinstance(parser, _Parser):
+        parser.stdout = Stdout("hpclaunch's output", stdout_closed)
     launcher_tokens, script, script_args = split_argv(argv, _option_table(parser))
     args = parser.parse_args(launcher_tokens)
     if script is None:
@@ -271,9 +289,11 @@ def _bind_cores(args: argparse.Namespace) -> Optional[Tuple[int, ...]]:
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
-def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+def _invocation(
+    argv: Sequence[str], env: Mapping[str, str], stdout_closed: bool = False
+) -> Invocation:
     """Every flag into its options group, once; the API checks what it is given."""
-    args, script, script_args = _parse(argv)
+    args, script, script_args = _parse(argv, stdout_closed)
     voice = _reporter(args, env)
     if args.save_pid < 0:
         raise UsageError(f"--save_pid {args.save_pid} must be a PID (>= 0; 0 = off)")
@@ -293,6 +313,8 @@ def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     )
     launch.check()  # before the world: under MPI a bad value must not cost an allgather
     elastic = None
+    if not args.enable_elastic_training:
+        _refuse_elastic_only_flags(args)
     if args.enable_elastic_training:
         elastic = ElasticOptions(
             min_nodes=args.min_elastic_nodes,
@@ -332,6 +354,24 @@ def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     )
 
 
+def _refuse_elastic_only_flags(args: argparse.Namespace) -> None:
+    """Elastic mode's flags without it would be silently ignored: a job the user believes
+    restarts (``--max_restarts 2``) would not."""
+    given = [
+        flag for flag, value in (
+            (f"--max_restarts {args.max_restarts}", args.max_restarts not in (None, 0)),
+            (f"--min_elastic_nodes {args.min_elastic_nodes}", args.min_elastic_nodes != -1),
+            (f"--max_elastic_nodes {args.max_elastic_nodes}", args.max_elastic_nodes != -1),
+            ("--rdzv_conf", args.rdzv_conf is not None),
+        ) if value
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]} applies to elastic mode only (static mode never restarts a worker): "
+            "add --enable_elastic_training, or drop it"
+        )
+
+
 def _report(outcome: Outcome, voice: Reporter) -> None:
     """Why the launch failed, if it did: the failed worker's summary, or the launcher's error."""
     if outcome.failure is not None:
@@ -342,40 +382,82 @@ def _report(outcome: Outcome, voice: Reporter) -> None:
         voice.emit(ERROR, [outcome.error], highlight=True)
 
 
+class _Stopped(Exception):
+    """A SIGINT/TERM/HUP arrived before any worker started: nothing more is started."""
+
+    def __init__(self, sig: int) -> None:
+        super().__init__(sig)
+        self.sig = sig
+
+
 class _Run:
     """What :func:`main` needs to end the run: the voice and the world (once known)."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: LauncherProcess, stdout_closed: bool = False) -> None:
+        self.process = process
         self.reporter = Reporter()
         self.world: Optional[World] = None
+        #: fd 1 was closed at start-up: what goes to stdout cannot reach anyone.
+        self.stdout_closed = stdout_closed
 
     def __call__(self, argv: Sequence[str]) -> int:
         env = dict(os.environ)
-        job = _invocation(argv, env)
+        job = _invocation(argv, env, self.stdout_closed)
         self.reporter = job.reporter
+        self.stop_if_asked()
         self.world = api.detect_world(env, job.world, reporter=job.reporter)
         plan: LaunchPlan = api.plan(
             self.world, job.command, output=job.output, launch=job.launch,
             elastic=job.elastic, env=env, reporter=job.reporter,
         )
+        self.stop_if_asked()
         if job.dry_run:
             from hpclaunch.model.plan import write_plan
 
-            write_plan(plan.to_json(), sys.stdout)
+            write_plan(plan.to_json(), Stdout("the plan", self.stdout_closed))
             return 0
-        outcome = api.launch(plan, env=env, reporter=job.reporter)
-        _report(outcome, job.reporter)
+        outcome = api.launch(plan, env=env, reporter=job.reporter, process=self.process)
+        # Through the console, after every byte of the workers' output it still holds.
+        _report(outcome, job.reporter.through(self.process.console().message))
         return outcome.exit_code
 
+    def stop_if_asked(self) -> None:
+        """Before starting anything: a SIGINT/TERM/HUP that arrived so far ends the run."""
+        sig = self.process.stop_signal()
+        if sig is not None:
+            raise _Stopped(sig)
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    reopen_closed_standard_fds()
-    run = _Run()
+
+def main(argv: Optional[Sequence[str]] = None, signals: Optional[SignalInbox] = None) -> int:
+    """The ``hpclaunch`` command. ``signals``: held by the caller since its first line
+    (``hpclaunch.__main__``, the entry point); else held here, first thing, and given back."""
+    inbox = signals if signals is not None else hold_signals()
+    try:
+        return _main(argv, LauncherProcess(inbox))
+    finally:
+        if signals is None:
+            inbox.uninstall()
+
+
+def _main(argv: Optional[Sequence[str]], process: LauncherProcess) -> int:
+    closed = reopen_closed_standard_fds()
+    run = _Run(process, stdout_closed=1 in closed)
     try:
         status = run(sys.argv[1:] if argv is None else list(argv))
     except UsageError as exc:
         run.reporter.emit(CRITICAL, [f"error: {' '.join(str(exc).split())}"])
         status = 2
+    except OutputError as exc:
+        run.reporter.emit(CRITICAL, [f"error: {exc}"])
+        status = 1
+    except _Stopped as stop:
+        import signal
+
+        run.reporter.info(f"got {signal.Signals(stop.sig).name} before any worker started: "
+                          "stopping")
+        status = 128 + stop.sig
+    finally:
+        process.close_console()  # everything delivered (or a signal said stop) before exit
     # An adapter that holds something until exit (MPI) ends it by the exit status: under
     # mpirun a non-zero status must abort every node's launcher, not only this one.
     try:

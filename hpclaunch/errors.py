@@ -36,3 +36,9 @@ class AdapterError(UsageError):
 
 class SpawnError(UsageError):
     """Something the spawner must prepare before the first worker failed (log dir, PID file)."""
+
+
+class OutputError(Exception):
+    """The launcher's own stdout (``--dry-run``, ``--version``, ``--help``) could not take its
+    output: one error line and exit status 1 (as coreutils' write errors), not 2: the
+    invocation was fine."""

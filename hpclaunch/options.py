@@ -14,7 +14,7 @@ carries the output and launch groups it was planned with; the spawner reads them
 
 from __future__ import annotations
 
-from typing import AbstractSet, FrozenSet, NamedTuple, Optional, Tuple
+from typing import AbstractSet, FrozenSet, NamedTuple, Optional, Tuple, Union
 
 from hpclaunch.errors import UsageError
 
@@ -25,6 +25,13 @@ NUMA_MODES = ("none", "node", "socket", "exclusive")
 DEFAULT_MAX_RESTARTS = 3
 #: Largest --kill_timeout: a day. Beyond it a typo (ms for s) would hold GPUs for weeks.
 MAX_KILL_TIMEOUT = 86400.0
+#: CPUs Linux can number: no architecture builds for more (the largest ``CONFIG_NR_CPUS``,
+#: x86_64's and powerpc's, is 8192), so a core id at or above it is a typo, refused before
+#: anything is allocated for it.
+MAX_CPUS = 8192
+#: Most workers one node may start: one per CPU of the largest machine Linux can run on.
+#: A count above it is a typo (``--nproc_per_node 1000000`` planned for seconds, in GBs).
+MAX_LOCAL_WORKERS = MAX_CPUS
 #: --stall_timeout's bounds: a second (the heartbeat file is read at most once a second),
 #: and a week (longer than any batch limit: beyond it, a typo).
 MIN_STALL_TIMEOUT, MAX_STALL_TIMEOUT = 1.0, 604800.0
@@ -45,6 +52,8 @@ class WorldOptions(NamedTuple):
         """Refuse values no adapter could honour, naming the flag."""
         if self.nproc_per_node is not None and self.nproc_per_node < 1:
             raise UsageError(f"--nproc_per_node {self.nproc_per_node} must be at least 1")
+        if self.nproc_per_node is not None:
+            check_local_workers(self.nproc_per_node, "--nproc_per_node")
         if self.node_rank is not None and self.node_rank < 0:
             raise UsageError(f"--node_rank {self.node_rank} must be >= 0")
         if self.master_port is not None and not 1 <= self.master_port <= 65535:
@@ -134,6 +143,7 @@ class LaunchOptions(NamedTuple):
             if any(isinstance(c, bool) or not isinstance(c, int) or c < 0
                    for c in self.bind_cores):
                 raise UsageError("--bind_core_list: core ids are integers >= 0")
+            check_core_id(max(self.bind_cores, default=0), "--bind_core_list")
 
 
 class ElasticOptions(NamedTuple):
@@ -165,6 +175,34 @@ def check_cpu_choice(
             "choose each worker's CPUs: use one (narrow the CPUs with taskset or srun "
             "--cpu-bind instead of --bind_core_list)"
         )
+
+
+def check_local_workers(count: int, source: str) -> None:
+    """Refuse a per-node worker count no machine has (see :data:`MAX_LOCAL_WORKERS`)."""
+    if count > MAX_LOCAL_WORKERS:
+        raise UsageError(
+            f"{source} asks for {clip(str(count), 12)} workers on this node: at most "
+            f"{MAX_LOCAL_WORKERS} (one per CPU of the largest machine Linux runs on)"
+        )
+
+
+def check_core_id(core: Union[int, str], flag: str) -> None:
+    """Refuse a core id (or its decimal text) Linux cannot have (see :data:`MAX_CPUS`).
+
+    Text is measured before it is converted: ``int()`` of thousands of digits is refused by
+    Python itself, and a number that long is no core anyway.
+    """
+    text = str(core)
+    if len(text) > len(str(MAX_CPUS)) or int(text) >= MAX_CPUS:
+        raise UsageError(
+            f"{flag} names core {clip(text, 12)}, but Linux numbers CPUs 0..{MAX_CPUS - 1} "
+            "at most: list this machine's cores (see 'nproc' or lscpu)"
+        )
+
+
+def clip(text: str, most: int = 60) -> str:
+    """``text`` for one error line: its start and how long it was, if it is long."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 def check_stall_timeout(seconds: object) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, Optional
+from typing import Callable, FrozenSet, Iterable, Optional
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 
@@ -30,20 +30,28 @@ QUOTE = "    "
 Sink = Callable[[bytes], None]
 
 
-def reopen_closed_standard_fds() -> None:
-    """Open /dev/null on a closed fd 0, 1 or 2 (``2>&-``), first thing at start-up.
+def reopen_closed_standard_fds() -> FrozenSet[int]:
+    """Open /dev/null on a closed fd 0, 1 or 2 (``2>&-``), first thing at start-up; returns
+    the descriptors that were closed.
 
     Otherwise the next ``os.pipe()`` or ``open()`` lands on that number and a worker
-    inherits, say, a relay pipe or another rank's log file as its stdout or stderr.
+    inherits, say, a relay pipe or another rank's log file as its stdout or stderr. The
+    /dev/null stays open across exec: a worker started without fd 0, 1 or 2 would make the
+    first file it opens its stdin, stdout or stderr (and C-level prints would go into it).
     """
+    closed = []
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
+            closed.append(fd)
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # inheritable, as dup2 makes it
                 os.close(null)
+            else:
+                os.set_inheritable(fd, True)  # os.open is close-on-exec
+    return frozenset(closed)
 
 
 def stderr_sink(fd: int = 2) -> Sink:

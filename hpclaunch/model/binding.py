@@ -35,6 +35,7 @@ from typing import (
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.world import is_decimal
+from hpclaunch.options import check_core_id, clip
 
 if TYPE_CHECKING:
     from hpclaunch.machine.gpus import Gpu
@@ -71,21 +72,32 @@ class RankBinding(NamedTuple):
 
 
 def parse_core_list(text: str) -> Tuple[int, ...]:
-    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused."""
+    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11), in the order given, duplicates refused.
+
+    Every id is checked against Linux's CPU limit before a range is expanded, so a typo
+    (``0-99999999999``) is one short line, not gigabytes.
+    """
     cores: List[int] = []
     for part in text.split(","):
         part = part.strip()
         lo, sep, hi = part.partition("-")
         if not is_decimal(lo) or (sep and not is_decimal(hi)):
             raise UsageError(
-                f"--bind_core_list has a bad part {part!r}: use numbers and ranges like 0-7,16-23"
+                f"--bind_core_list has a bad part {clip(repr(part))}: use numbers and ranges "
+                "like 0-7,16-23"
             )
+        for bound in (lo, hi) if sep else (lo,):
+            check_core_id(bound, "--bind_core_list")
         start, end = int(lo), int(hi) if sep else int(lo)
         if end < start:
-            raise UsageError(f"--bind_core_list range {part!r} runs backwards: write it low-high")
+            raise UsageError(
+                f"--bind_core_list range {clip(repr(part))} runs backwards: write it low-high"
+            )
         cores.extend(range(start, end + 1))
     if len(set(cores)) != len(cores):
-        raise UsageError(f"--bind_core_list {text!r} lists a core twice: list each core once")
+        raise UsageError(
+            f"--bind_core_list {clip(repr(text))} lists a core twice: list each core once"
+        )
     return tuple(cores)
 
 

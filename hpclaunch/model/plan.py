@@ -27,6 +27,7 @@ from hpclaunch.options import LaunchOptions, OutputOptions
 
 if TYPE_CHECKING:
     from hpclaunch.model.elastic import ElasticSetup
+    from hpclaunch.stdout import Stdout
 
 DEFAULT_OUTPUT = OutputOptions()
 DEFAULT_LAUNCH = LaunchOptions()
@@ -175,7 +176,7 @@ def plan_json(shown: Mapping[str, Any]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def write_plan(shown: Mapping[str, Any], stream: TextIO) -> None:
+def write_plan(shown: Mapping[str, Any], stream: TextIO | Stdout) -> None:
     """The ``--dry-run`` output: the plan as one line of JSON, in one write.
 
     One write, not one per piece: under ``mpirun``/``mpiexec`` every node's launcher prints

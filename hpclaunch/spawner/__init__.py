@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hpclaunch.model.plan import LaunchPlan
     from hpclaunch.reporter import Reporter
     from hpclaunch.spawner.events import Events
+    from hpclaunch.spawner.inbox import SignalInbox
     from hpclaunch.spawner.output.console import Console
     from hpclaunch.spawner.report import Outcome
 
@@ -28,12 +29,15 @@ def run(
     reporter: Reporter,
     console: Console,
     events: Optional[Events] = None,
+    inbox: Optional[SignalInbox] = None,
 ) -> Outcome:
     """Run the plan's workers to the end: static mode here, elastic mode under torch's agent.
 
     ``base_env`` is what workers inherit before the plan's own variables; ``reporter``
     speaks for the launcher (through ``console`` while workers run, so its lines stay in
-    order with theirs); ``events`` records what happens (default: nothing is kept).
+    order with theirs); ``events`` records what happens (default: nothing is kept);
+    ``inbox``: the signals the caller holds since its first line (default: held here, for
+    the launch only).
     """
     from hpclaunch.spawner import preflight
     from hpclaunch.spawner.events import NoEvents
@@ -43,8 +47,8 @@ def run(
     if plan.elastic is not None:
         from hpclaunch.spawner.elastic.launcher import run_elastic
 
-        return run_elastic(plan, base_env, reporter, record)
-    return _run_static(plan, base_env, reporter, console, record)
+        return run_elastic(plan, base_env, reporter, record, inbox)
+    return _run_static(plan, base_env, reporter, console, record, inbox)
 
 
 def _run_static(
@@ -53,13 +57,14 @@ def _run_static(
     reporter: Reporter,
     console: Console,
     events: Events,
+    inbox: Optional[SignalInbox],
 ) -> Outcome:
     from hpclaunch.spawner import logs
     from hpclaunch.spawner.guard import launch_guard
     from hpclaunch.spawner.supervisor import Supervisor
 
     log_files: Mapping[str, logs.LogFile] = {}
-    with launch_guard(plan.launch.pid_file) as guard:
+    with launch_guard(plan.launch.pid_file, inbox) as guard:
         try:
             log_files = logs.open_log_files(s.log_path for s in plan.workers if s.log_path)
             supervisor = Supervisor(plan, base_env, log_files, guard, reporter, console, events)

@@ -17,6 +17,7 @@ would turn a full node into an OOM kill of the rank. There is no glibc wrapper f
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from functools import cache
@@ -85,9 +86,10 @@ def become_worker(
     teardown signals the group); death signal, then a check that ``parent`` did not die
     before it was armed; ``tracer`` (the launcher) allowed to ptrace it, so py-spy can take
     native stacks under Yama's ptrace scope 1 without root; cores and memory node;
-    stdout/stderr; with ``keep_fd`` set, every descriptor but 0-2 and ``keep_fd``
-    (close-on-exec) closed, as torchrun's ``close_fds=True`` (an MPI process manager's pipes
-    are not the worker's); default SIGPIPE/SIGXFSZ; exec.
+    stdout/stderr, and fds 0-2 open (see :func:`keep_standard_fds_open`); with ``keep_fd``
+    set, every descriptor but 0-2 and ``keep_fd`` (close-on-exec) closed, as torchrun's
+    ``close_fds=True`` (an MPI process manager's pipes are not the worker's); default
+    SIGPIPE/SIGXFSZ; exec.
     """
     if new_session:
         os.setsid()
@@ -104,6 +106,7 @@ def become_worker(
         os.dup2(stdout_fd, 1)
     if stderr_fd is not None:
         os.dup2(stderr_fd, 2)
+    keep_standard_fds_open()
     if keep_fd is not None:
         if keep_fd > 3:
             os.closerange(3, keep_fd)
@@ -111,6 +114,59 @@ def become_worker(
     for sig in RESTORED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     os.execve(argv[0], list(argv), env)
+
+
+def keep_standard_fds_open() -> None:
+    """Give the program fds 0, 1 and 2, on /dev/null where the launcher had none to give.
+
+    A descriptor that is closed, or open but close-on-exec (a pipe of the launcher's that
+    landed on a free 0-2 number), would be a hole after exec: the program's first ``open``
+    would become its stdin, stdout or stderr, and its prints would go into that file.
+    """
+    for fd in (0, 1, 2):
+        try:
+            if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                continue
+        except OSError:
+            pass  # closed
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        else:
+            os.set_inheritable(fd, True)
+
+
+def missing_interpreter(path: str) -> Optional[str]:
+    """The interpreter ``path``'s ``#!`` line names, if that interpreter cannot be run.
+
+    ``execve`` says ENOENT both for a missing program and for a present script whose
+    interpreter is missing; only the first line tells which.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words:
+        return None
+    interpreter = os.fsdecode(words[0])
+    if os.path.isfile(interpreter) and os.access(interpreter, os.X_OK):
+        return None
+    return interpreter
+
+
+def exec_failure(program: str, exc: BaseException) -> str:
+    """Why ``program`` could not be started, naming the right culprit."""
+    if isinstance(exc, FileNotFoundError) and os.path.isfile(program):
+        interpreter = missing_interpreter(program)
+        if interpreter is not None:
+            return (f"cannot start {program!r}: the interpreter its #! line names, "
+                    f"{interpreter!r}, was not found")
+    return f"cannot start {program!r}: {exc}"
 
 
 def allow_tracer(pid: int) -> None:

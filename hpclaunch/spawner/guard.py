@@ -1,11 +1,12 @@
 """What every launch, static or elastic, sets up before its first child and undoes after.
 
-In order: signal handlers (so no signal is lost or kills us half-way), the check of an
-existing PID file, the watchdog (so a ``kill -9`` of the launcher still kills everything and
-removes the PID file), the PID file, then the subreaper bit
-(after the watchdog, which must not be our child). Undone in reverse on every exit path;
-the watchdog is told "done" only when the launch ended with nothing left running, so any
-other exit -- an exception included -- makes it kill whatever carries the launch's token.
+In order: signal handlers (so no signal is lost or kills us half-way; usually the caller's,
+held since its first line), the check of an existing PID file, the watchdog (so a ``kill -9``
+of the launcher still kills everything and removes the PID file), the PID file, then the
+subreaper bit (after the watchdog, which must not be our child). Undone in reverse on every
+exit path; the watchdog is told "done" only when the launch ended with nothing left running,
+so any other exit -- an exception included -- makes it kill whatever carries the launch's
+token.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from typing import FrozenSet, Iterator, Optional
 
 from hpclaunch.spawner import child, tree
-from hpclaunch.spawner.inbox import SignalInbox
+from hpclaunch.spawner.inbox import SignalInbox, hold_signals
 
 
 class LaunchGuard:
@@ -33,9 +34,13 @@ class LaunchGuard:
 
 
 @contextmanager
-def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
-    inbox = SignalInbox()
-    inbox.install()
+def launch_guard(
+    pid_file: Optional[str], inbox: Optional[SignalInbox] = None
+) -> Iterator[LaunchGuard]:
+    """``inbox``: signals the caller already holds (and uninstalls); else held here."""
+    own_inbox = inbox is None
+    if inbox is None:
+        inbox = hold_signals()
     guard = LaunchGuard(inbox)
     pid_written = False
     adopted = False
@@ -47,7 +52,7 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
             pidfile.check_pid_file(pid_file)
         # The watchdog first: a launcher killed while writing the PID file leaves a draft
         # or a whole file, and the watchdog, which knows the path, removes either.
-        watchdog = tree.start_watchdog(guard.token, pid_file)
+        watchdog = _start_watchdog(guard.token, pid_file)
         guard.watchdog = watchdog
         if tree.parent_of(watchdog.pid) == os.getpid():  # we are PID 1 and adopted it
             guard.helpers = frozenset({watchdog.pid})
@@ -71,4 +76,17 @@ def launch_guard(pid_file: Optional[str]) -> Iterator[LaunchGuard]:
             from hpclaunch.spawner import pidfile
 
             pidfile.remove_pid_file(pid_file, os.getpid())
-        inbox.uninstall()
+        if own_inbox:
+            inbox.uninstall()
+
+
+def _start_watchdog(token: str, pid_file: Optional[str]) -> tree.Watchdog:
+    """The watchdog, or a refusal (exit 2, nothing started) when it cannot be forked."""
+    try:
+        return tree.start_watchdog(token, pid_file)
+    except OSError as exc:
+        from hpclaunch.errors import SpawnError
+        from hpclaunch.spawner.limits import fork_failure
+
+        raise SpawnError(f"cannot start the launcher's watchdog, so no worker: "
+                         f"{fork_failure(exc)}") from None

@@ -1,46 +1,52 @@
 """Signals as bytes on a pipe: handlers that cannot raise, and one place to wait for them.
 
-Handlers are installed before anything is spawned and do nothing in Python: the C-level
-handler writes the signal number to the wakeup fd and the event loop reads it there. So
-a signal can never interrupt the launcher half-way through bookkeeping (torch elastic's
-handlers raise from wherever the main thread is, and lose the Popens already started).
+Handlers do nothing in Python: the C-level handler writes the signal number to the wakeup
+fd and the event loop reads it there. So a signal can never interrupt the launcher half-way
+through bookkeeping (torch elastic's handlers raise from wherever the main thread is, and
+lose the Popens already started).
+
+:func:`hpclaunch.hold.hold` is the launcher's first act (the entry points'; :func:`hold_signals`
+for :func:`hpclaunch.launch` from a program): from then on no handled signal can kill it or
+raise a KeyboardInterrupt, whatever it is doing (importing, parsing, asking MPI for the
+world); a signal that arrives before anything can act on it waits in the inbox until
+something does.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from types import FrameType
-from typing import AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Iterable, List, Optional, Sequence, Tuple
+
+from hpclaunch.hold import Held, hold
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 #: Ctrl-\ on a terminal, ``scancel --signal=QUIT``: every rank's stack (the job goes on).
 DUMP_SIGNALS = (signal.SIGQUIT,)
+#: The same as :data:`hpclaunch.hold.HELD_SIGNALS` (which cannot use ``signal``'s enums).
 HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + DUMP_SIGNALS + (signal.SIGCHLD,)
 
 
-def _ignore(signum: int, frame: Optional[FrameType]) -> None:
-    """Python-level no-op: the C handler has already written ``signum`` to the wakeup fd."""
-
-
 class SignalInbox:
-    """The launcher's handled signals, readable from :attr:`read_fd`."""
+    """The launcher's handled signals, readable from :attr:`read_fd`.
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-        self._previous: Dict[int, object] = {}
-        self._previous_fd = -1
+    Made from signals already held (:func:`hpclaunch.hold.hold`, the entry point's first
+    line), or, by :func:`hold_signals`, held now.
+    """
 
-    def install(self) -> None:
-        self._previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for sig in HANDLED_SIGNALS:
-            self._previous[sig] = signal.signal(sig, _ignore)
+    def __init__(self, held: Held) -> None:
+        self.held = held
+        self.read_fd, self.write_fd = held.read_fd, held.write_fd
+        #: Signals read from the pipe but not yet taken by :meth:`drain` (see :meth:`fatal`).
+        self.pending: List[int] = []
+        #: The signal mask the launcher was started with: its workers start with it too,
+        #: as they would under any other parent (the launcher itself unblocks what it handles).
+        self.worker_mask: AbstractSet[int] = held.mask
 
     def drain(self) -> List[int]:
-        received: List[int] = []
+        """Every signal received and not yet taken, in order of arrival."""
+        received, self.pending = self.pending, []
         while True:
             try:
                 data = os.read(self.read_fd, 512)
@@ -50,12 +56,21 @@ class SignalInbox:
                 return received
             received.extend(data)
 
+    def fatal(self) -> Optional[int]:
+        """The first SIGINT/TERM/HUP received and not yet taken, leaving everything for
+        :meth:`drain` (a forwarded signal must still reach the workers later)."""
+        self.pending = self.drain()
+        return next((sig for sig in self.pending if sig in FATAL_SIGNALS), None)
+
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._previous_fd)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
+        """The handlers, wakeup fd and mask as they were before the signals were held."""
+        self.held.release()
+
+
+def hold_signals() -> SignalInbox:
+    """Signals held now, in a new inbox: call it first, before anything can fail or take
+    time; whoever calls it uninstalls it (or exits)."""
+    return SignalInbox(hold())
 
 
 def reset_in_child() -> None:

@@ -29,6 +29,42 @@ def make_log_dir(directory: str) -> None:
         raise SpawnError(
             f"log directory {directory} is not writable: pass a writable --enable_each_rank_log DIR"
         )
+    why = cannot_take_a_write(directory)
+    if why:
+        raise SpawnError(
+            f"log directory {directory} cannot take a write ({why}): free space there or pass "
+            "another --enable_each_rank_log DIR"
+        )
+
+
+def cannot_take_a_write(directory: str) -> str:
+    """Why one byte cannot be written to a new file in ``directory`` ("" if it can).
+
+    A full file system (or a spent quota) still lets a file be created, then refuses its
+    first byte: only a write tells. The probe is an unnamed file (``O_TMPFILE``) where the
+    file system has them, else a hidden one removed at once; either way nothing stays.
+    """
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        name = None
+    except (AttributeError, OSError):
+        name = os.path.join(directory, f".hpclaunch-probe-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            fd = os.open(name, CREATE, 0o600)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    try:
+        os.write(fd, b"\n")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+        if name is not None:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+    return ""
 
 
 #: How many other names to try when a rank's log name is taken (``..._rank0.1.log`` on).
@@ -51,9 +87,13 @@ def open_log_files(paths: Iterable[str]) -> Dict[str, LogFile]:
     never followed through a planted symlink (refused). On failure nothing is left behind.
     """
     logs: Dict[str, LogFile] = {}
+    checked = set()
     try:
         for path in paths:
-            make_log_dir(os.path.dirname(path) or ".")
+            directory = os.path.dirname(path) or "."
+            if directory not in checked:
+                make_log_dir(directory)
+                checked.add(directory)
             logs[path] = _create_log(path)
     except BaseException:
         close_all(log.fd for log in logs.values())

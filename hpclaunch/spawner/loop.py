@@ -86,9 +86,9 @@ class TreeSupervisor:
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def forward(self, sig: int) -> int:
+    def forward(self, sig: int) -> Optional[int]:
         """Pass SIGUSR1/SIGUSR2 on to the workers (never interpreted by the launcher); returns
-        to how many."""
+        to how many, or None when it is held until every worker runs."""
         raise NotImplementedError
 
     def worker_count(self) -> int:
@@ -197,7 +197,11 @@ class TreeSupervisor:
             if sig in FORWARDED_SIGNALS:
                 if self.phase == self.RUNNING:
                     count = self.forward(sig)
-                    self.events.emit("signal", signal=name, action="forwarded", workers=count)
+                    if count is None:
+                        self.events.emit("signal", signal=name, action="held until all start")
+                    else:
+                        self.events.emit("signal", signal=name, action="forwarded",
+                                         workers=count)
                 else:
                     self.events.emit("signal", signal=name, action="ignored: tearing down")
             elif sig in FATAL_SIGNALS:

@@ -1,9 +1,10 @@
 """Checks before anything starts: what would otherwise fail half-way, seconds in, as a traceback.
 
 * File descriptors: the launcher holds some per worker for the whole run (today 2 per
-  console-piped worker, 1 per per-rank log). A plan that needs more than the soft
-  ``RLIMIT_NOFILE`` first raises it to the hard limit (what the limit is for); if even the
-  hard limit is too low, the launch is refused before the first worker or log exists.
+  console-piped worker, 2 per per-rank log: the file and the pipe the relay copies from).
+  A plan that needs more than the soft ``RLIMIT_NOFILE`` first raises it to the hard limit
+  (what the limit is for); if even the hard limit is too low, the launch is refused before
+  the first worker or log exists.
 * The master port: on the node that hosts the rendezvous, a port another process listens
   on costs every worker a torch EADDRINUSE traceback after its start-up time. A bind with
   ``SO_REUSEADDR`` (as torch's store does) fails only for a listener, not for TIME_WAIT.
@@ -36,14 +37,15 @@ def held_fds(
 ) -> int:
     """Descriptors the workers' output holds open for the whole run.
 
-    One per per-rank log; ``per_relayed_worker`` per worker whose console output the
-    launcher relays; one for a worker ``--ranks_filter`` hides (its output still feeds the
-    tail a failure summary quotes); none for output passed through raw.
+    Two per per-rank log (the file, and the pipe the relay copies into it);
+    ``per_relayed_worker`` per worker whose console output the launcher relays; one for a
+    worker ``--ranks_filter`` hides (its output still feeds the tail a failure summary
+    quotes); none for output passed through raw.
     """
     total = 0
     for spec in plan.workers:
         if spec.log_path:
-            total += 1
+            total += 2
         elif ranks_filter is not None and spec.rank not in ranks_filter:
             total += 1
         elif relayed:
@@ -68,7 +70,7 @@ def ensure_fd_budget(workers: int, held: int) -> None:
     raise SpawnError(
         f"{workers} worker(s) need about {needed} open files but RLIMIT_NOFILE is "
         f"{soft} (hard limit {hard}): raise it ('ulimit -n {needed}' or the scheduler's "
-        "limit), or use --enable_each_rank_log DIR (1 per worker instead of 2)"
+        "limit)"
     )
 
 

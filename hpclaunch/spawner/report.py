@@ -29,6 +29,9 @@ class WorkerFailure(NamedTuple):
     cpu_seconds: Optional[float] = None
     peak_rss: Optional[int] = None
     oom_killed: bool = False
+    #: Why its per-rank log stopped before its output did (the file system refused a
+    #: write); "" while the log holds all of it.
+    log_incomplete: str = ""
 
     @property
     def status(self) -> int:
@@ -108,10 +111,15 @@ def failure_summary(failure: WorkerFailure, tail: int = 20) -> List[str]:
     used = resources_line(failure)
     if used:
         lines.append(f"  {used}")
-    if failure.log_path is not None:
+    if failure.log_path is not None and not failure.log_incomplete:
         lines.append(f"  log: {failure.log_path}")
         last = tail_lines(failure.log_path, tail)
         where = "the log"
+    elif failure.log_path is not None:
+        lines.append(f"  log: {failure.log_path} is incomplete ({failure.log_incomplete}); "
+                     "the rest of its output went to this console")
+        last = list(failure.output_tail[-tail:])
+        where = "its output"
     else:
         last = list(failure.output_tail[-tail:])
         where = "its output"

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, AbstractSet, Dict, List, Mapping, NoReturn, Op
 from hpclaunch.model.plan import LaunchPlan, RankSpec
 from hpclaunch.reporter import Reporter
 from hpclaunch.spawner import tree
-from hpclaunch.spawner.child import become_worker
+from hpclaunch.spawner.child import become_worker, exec_failure
 from hpclaunch.spawner.events import Events
 from hpclaunch.spawner.guard import LaunchGuard
 from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import (
-    FATAL_SIGNALS,
     fork_with_signals_blocked,
     reset_in_child,
     set_mask,
@@ -29,6 +28,7 @@ from hpclaunch.spawner.logs import LogFile
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
+from hpclaunch.spawner.output.ranklog import RankLog
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 from hpclaunch.spawner.usage import NodeUsage, cpu_and_peak
@@ -48,6 +48,7 @@ def spawn_worker(
     stdout_fd: Optional[int],
     stderr_fd: Optional[int],
     status_fd: int,
+    mask: Optional[AbstractSet[int]] = None,
     tracer: Optional[int] = None,
 ) -> tuple[int, str]:
     """fork + exec one worker in its own session, dying with the launcher (pdeathsig).
@@ -56,13 +57,14 @@ def spawn_worker(
     ``status_fd`` (the write end of the supervisor's exec-status pipe) and exits 127, and
     the event loop collects it, so all workers are forked before any exec status is waited
     for. Handled signals are blocked across the fork so a signal can never run the
-    launcher's handler in the child; the child restores default dispositions before
-    unblocking.
+    launcher's handler in the child; the child restores default dispositions, then the
+    signal mask ``mask`` (the one the launcher was started with; default: the launcher's).
     """
     parent = os.getpid()
     pid, old_mask = fork_with_signals_blocked(())
     if pid == 0:
-        _child(spec, env, parent, old_mask, stdout_fd, stderr_fd, status_fd, tracer)
+        _child(spec, env, parent, old_mask if mask is None else mask, stdout_fd, stderr_fd,
+               status_fd, tracer)
     set_mask(old_mask)
     return pid, ""
 
@@ -95,7 +97,7 @@ def _child(
         )
     except BaseException as exc:  # noqa: B036 - must never return into the launcher
         try:
-            why = " ".join(f"cannot start {spec.argv[0]!r}: {exc}".split())[:3000]
+            why = " ".join(exec_failure(spec.argv[0], exc).split())[:3000]
             os.write(status_fd, f"{os.getpid()} {why}\n".encode(errors="replace"))
         finally:
             os._exit(127)
@@ -104,6 +106,9 @@ def _child(
 
 #: Workers reported to the watchdog per write while starting (one write wakes it once).
 TRACK_BATCH = 64
+#: Exit status when a worker could not be started (fork failed: a process limit) and the
+#: ones started were stopped: sysexits' EX_OSERR, "cannot fork" (docs/cli.md).
+CANNOT_START = 71
 
 
 class Supervisor(TreeSupervisor):
@@ -136,10 +141,15 @@ class Supervisor(TreeSupervisor):
         #: Workers forked but not yet reported to the watchdog (see :data:`TRACK_BATCH`).
         self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
+        #: Why a worker could not be started (fork failed), if that ended the launch.
+        self.start_failure = ""
+        #: SIGUSR1/2 that arrived before every worker was running: sent once all are.
+        self.deferred: List[int] = []
         self.failure: Optional[WorkerFailure] = None
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
+        self.relay.on_log_stopped = self.log_stopped
         #: SIGQUIT's dumps and --stall_timeout (hpclaunch.spawner.hang)
         self.watch_files = WatchFiles(plan, base_env)
         self.hang = HangWatch(plan, self.watch_files, self.selector, reporter, events,
@@ -161,7 +171,11 @@ class Supervisor(TreeSupervisor):
             for spec in self.plan.workers:
                 if self.phase != self.RUNNING:
                     return  # a fatal signal or a failure arrived while starting: no more
-                self.start_one(spec)
+                try:
+                    self.start_one(spec)
+                except OSError as exc:  # fork: a process limit; a pipe or pty: out of them
+                    self.cannot_start(spec, exc)
+                    return
                 if len(self.untracked) >= TRACK_BATCH:
                     self.track_started()
                 self.handle_signals(self.inbox.drain())
@@ -186,6 +200,18 @@ class Supervisor(TreeSupervisor):
         self.usage.start(spec.rank)
         self.events.emit("worker_spawned", rank=spec.rank, local_rank=spec.local_rank, pid=pid)
 
+    def cannot_start(self, spec: RankSpec, exc: OSError) -> None:
+        """A worker could not be started: say why (which limit), stop those that were."""
+        from hpclaunch.spawner.limits import fork_failure
+
+        self.start_failure = (
+            f"cannot start rank {spec.rank}: {fork_failure(exc)}; {self.started} of "
+            f"{len(self.plan.workers)} worker(s) started"
+        )
+        self.reporter.info(f"rank {spec.rank} cannot be started: stopping the {self.started} "
+                           "worker(s) started")
+        self.begin_terminate()
+
     def track_started(self) -> None:
         """Tell the watchdog the new workers' process groups, in one write."""
         self.watchdog.track_many(self.untracked)
@@ -193,17 +219,24 @@ class Supervisor(TreeSupervisor):
 
     def spawn_with_output(self, spec: RankSpec, env: Mapping[str, str]) -> tuple[int, str]:
         """Per-rank log file, else a pty or pipe to the relay, else the console as it is."""
-        status = self.status_write
+        status, mask = self.status_write, self.inbox.worker_mask
         tracer = self.me if self.plan.launch.stack_dumps else None
 
         def spawn(
             spec: RankSpec, env: Mapping[str, str], out: Optional[int], err: Optional[int]
         ) -> tuple[int, str]:
-            return spawn_worker(spec, env, out, err, status, tracer)
+            return spawn_worker(spec, env, out, err, status, mask, tracer)
 
         return wiring.spawn_with_output(
-            spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_fds,
+            spawn, spec, env, self.plan.output, self.plan.prefix_output, self.log_files,
             self.layout, self.relay,
+        )
+
+    def log_stopped(self, rank: int, log: RankLog) -> None:
+        """Once per rank whose log the file system refused: which, after what, and why."""
+        self.reporter.warning(
+            f"rank {rank}'s log {log.path} stopped after {log.written} bytes: {log.why()}; "
+            "the rest of its output goes to this console"
         )
 
     def read_exec_status(self, fd: int) -> None:
@@ -219,6 +252,7 @@ class Supervisor(TreeSupervisor):
                     self.selector.unregister(self.status_read)  # every child has exec'd
                     os.close(self.status_read)
                     self.status_read = -1
+                    self.all_running()
                 break
             data += chunk
         for line in data.decode(errors="replace").splitlines():
@@ -228,7 +262,16 @@ class Supervisor(TreeSupervisor):
 
     # ------------------------------------------------------------------ loop hooks
 
-    def forward(self, sig: int) -> int:
+    def forward(self, sig: int) -> Optional[int]:
+        """To every worker, also those not yet started when the signal arrived: until each
+        runs its program (the exec-status pipe's EOF) the signal waits (None), then goes to
+        all."""
+        if self.status_read >= 0:
+            if sig not in self.deferred:
+                self.deferred.append(sig)
+                self.reporter.debug(f"{signal.Signals(sig).name} arrived while workers start: "
+                                    "forwarding it once all of them run")
+            return None
         for pid in self.live:
             tree.send(pid, sig)
         self.note_sent(sig, "worker(s)", list(self.live))
@@ -240,6 +283,15 @@ class Supervisor(TreeSupervisor):
 
     def progress(self) -> Progress:
         return self.hang.progress(self.relay.progress)
+
+    def all_running(self) -> None:
+        """Every worker was forked and has exec'd (or failed to): send what waited for it."""
+        deferred, self.deferred = self.deferred, []
+        if self.phase == self.RUNNING:
+            for sig in deferred:
+                count = self.forward(sig)
+                self.events.emit("signal", signal=signal.Signals(sig).name,
+                                 action="forwarded", workers=count)
 
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:
@@ -354,23 +406,27 @@ class Supervisor(TreeSupervisor):
         self.relay.drain_all()
         self.wrap_up()  # the usage line after the workers' last output
         self.console.detach()
-        # After a fatal signal the user wants out now: what the console cannot take at
-        # once is dropped. Otherwise wait while it makes progress, or until a signal.
-        if self.fatal_signal is not None:
-            self.console.stall_seconds = 0.0
-        self.console.flush(self.inbox.read_fd, self.fatal_signal_arrived)
+        # Everything the workers wrote reaches the console while its reader lives, however
+        # slow; only a SIGINT/TERM/HUP from outside (now, or the one that ended the run)
+        # lets the launcher go with output undelivered, and then it says how much.
+        stop = self.fatal_signal
+        if stop is None:
+            stop = self.console.flush(self.inbox.read_fd, self.inbox.fatal)
+        if stop is not None and self.console.abandoned is None:
+            self.console.abandon(f"stopped by {signal.Signals(stop).name}")
+        for why, count in self.console.take_drops().items():
+            self.events.emit("output_dropped", bytes=count, reason=why)
         for fd in (self.status_read, self.status_write):
             if fd >= 0:
                 os.close(fd)
         self.status_read = self.status_write = -1
         super().close()
 
-    def fatal_signal_arrived(self) -> bool:
-        return any(sig in FATAL_SIGNALS for sig in self.inbox.drain())
-
     def outcome(self) -> Outcome:
         if self.failure is not None:
             code = self.failure.status
+        elif self.start_failure:
+            code = CANNOT_START
         elif self.hang.stalled is not None:
             code = STALL_EXIT_STATUS
         elif self.fatal_signal is not None:
@@ -384,14 +440,19 @@ class Supervisor(TreeSupervisor):
         else:
             code = 0
         failure = self.failure
-        if failure is not None and failure.log_path is None:
+        stopped = self.relay.stopped_logs.get(failure.rank) if failure is not None else None
+        if failure is not None and stopped is not None:
+            failure = failure._replace(log_incomplete=f"stopped after {stopped.written} bytes: "
+                                       f"{stopped.why()}")
+        if failure is not None and (failure.log_path is None or stopped is not None):
             failure = failure._replace(output_tail=tuple(self.relay.tail(failure.rank)))
         return Outcome(
             exit_code=code,
             failure=failure,
             fatal_signal=self.fatal_signal,
             leftovers_killed=self.leftovers,
-            error="" if failure is not None else self.hang.outcome_error(),
+            error=("" if failure is not None else
+                   self.start_failure if code == CANNOT_START else self.hang.outcome_error()),
         )
 
 

@@ -16,6 +16,7 @@ Three layers, because each closes a hole the others leave:
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -252,6 +253,9 @@ def start_watchdog(token: str, pid_file: Optional[str] = None) -> Watchdog:
         watchdog_pid = int(os.read(pid_read, 32) or b"0")
     finally:
         os.close(pid_read)
+    if watchdog_pid <= 0:  # the intermediate's fork failed: there is no watchdog
+        os.close(write_fd)
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
     return Watchdog(write_fd, watchdog_pid)
 
 

@@ -15,7 +15,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from hpclaunch.errors import UsageError
+from hpclaunch.errors import OutputError, UsageError
+from hpclaunch.hold import hold
 from hpclaunch.reporter import (
     CRITICAL,
     ERROR,
@@ -27,9 +28,11 @@ from hpclaunch.reporter import (
 
 if TYPE_CHECKING:
     from hpclaunch.model.world import World
+    from hpclaunch.spawner.process import LauncherProcess
 
 
-def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World]) -> int:
+def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World],
+         process: LauncherProcess, stdout_closed: bool) -> int:
     from hpclaunch import api
     from hpclaunch.torchrun.form import plan_launch
     from hpclaunch.torchrun.parser import parse
@@ -40,26 +43,39 @@ def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World]) -> int:
     worlds.append(launch.plan.world)  # for finish(), whatever happens next
     for note in launch.notes:
         reporter.info(note)
+    stop = process.stop_signal()
+    if stop is not None:  # a SIGINT/TERM/HUP while parsing or reading the world
+        import signal
+
+        reporter.info(f"got {signal.Signals(stop).name} before any worker started: stopping")
+        return 128 + stop
     if args.dry_run:
         from hpclaunch.model.plan import write_plan
+        from hpclaunch.stdout import Stdout
 
-        write_plan(launch.plan.to_json(), sys.stdout)
+        write_plan(launch.plan.to_json(), Stdout("the plan", stdout_closed))
         return 0
-    outcome = api.launch(launch.plan, env=env, reporter=reporter)
+    outcome = api.launch(launch.plan, env=env, reporter=reporter, process=process)
+    voice = reporter.through(process.console().message)  # after the workers' output
     if outcome.failure is not None:
         from hpclaunch.spawner.report import failure_summary
 
-        reporter.emit(ERROR, failure_summary(outcome.failure), highlight=True)
+        voice.emit(ERROR, failure_summary(outcome.failure), highlight=True)
     elif outcome.error:
-        reporter.emit(ERROR, [outcome.error], highlight=True)
+        voice.emit(ERROR, [outcome.error], highlight=True)
     return outcome.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command's whole life; returns the exit status (see docs/cli.md)."""
+    """The command's whole life; returns the exit status (see docs/cli.md). Its first line
+    holds the launcher's signals, as ``hpclaunch``'s does (docs/cli.md, Signals)."""
+    held = hold()
     from hpclaunch import api
+    from hpclaunch.spawner.inbox import SignalInbox
+    from hpclaunch.spawner.process import LauncherProcess
 
-    reopen_closed_standard_fds()
+    process = LauncherProcess(SignalInbox(held))
+    closed = reopen_closed_standard_fds()
     color = os.isatty(2) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     # torchrun's LOGLEVEL (its logger's level) sets the launcher's: WARNING hides the
     # banner and the notes, as torchrun's own info lines are hidden.
@@ -67,10 +83,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reporter = Reporter(level, color=color)
     worlds: List[World] = []
     try:
-        status = _run(sys.argv[1:] if argv is None else list(argv), reporter, worlds)
+        status = _run(sys.argv[1:] if argv is None else list(argv), reporter, worlds,
+                      process, 1 in closed)
     except UsageError as exc:
         reporter.emit(CRITICAL, [f"error: {' '.join(str(exc).split())}"])
         status = 2
+    except OutputError as exc:
+        reporter.emit(CRITICAL, [f"error: {exc}"])
+        status = 1
+    finally:
+        process.close_console()  # everything delivered (or a signal said stop) before exit
     try:
         api.finish(status, worlds[0] if worlds else None)
     except UsageError as exc:

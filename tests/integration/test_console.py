@@ -39,9 +39,12 @@ def test_lines_are_prefixed_whole_and_binary_safe(tmp_path: Path) -> None:
         assert prefix + f"one {rank}\n".encode() in result.stdout
         assert prefix + f"part-ial {rank}\n".encode() in result.stdout
         assert prefix + binary + b"\n" in result.stdout
-        assert prefix + f"no newline at the end {rank}\n".encode() in result.stdout
-    lines = result.stdout.split(b"\n")[:-1]
+        assert prefix + f"no newline at the end {rank}".encode() in result.stdout
+    # An unfinished line is ended only where another rank's output follows it: the last
+    # one on the console stays as its rank wrote it.
+    lines = result.stdout.split(b"\n")
     assert len(lines) == 12 and all(line.startswith(b"[rank") for line in lines)
+    assert lines[-1].startswith(b"[rank") and b"no newline at the end" in lines[-1]
 
 
 def test_no_prefix_passes_output_through_raw() -> None:

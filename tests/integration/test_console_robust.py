@@ -25,12 +25,13 @@ def test_a_stalled_console_does_not_delay_sigterm(fifo: Fifo, tmp_path: Path) ->
     """``hpclaunch ... | (sleep 60; cat)``: SIGTERM still stops everything at once."""
     script = tmp_path / "flood.sh"
     # 1 MiB is more than the console pipe holds: when a rank says "flooded" the launcher
-    # has had to hold output back. Then both ranks write for ever.
+    # holds output the console has not taken. (Flooding for ever after that would let one
+    # rank fill the launcher's whole buffer before the other could say so.)
     script.write_text(
         "#!/bin/sh\n"
         "head -c 1048576 /dev/zero | tr '\\0' x | fold -w 99\n"
         f"echo \"worker $RANK $$\" > {fifo.path}\n"
-        "exec yes flooding\n"
+        "exec sleep 600\n"
     )
     script.chmod(0o755)
     read_end, write_end = os.pipe()

@@ -304,7 +304,7 @@ def test_a_full_tmpdir_is_one_line_and_leaves_no_pid_file(tmp_path: Path) -> Non
     command = " ".join(f"'{a}'" for a in launcher_cmd(
         "--save_pid", "321", *SH, "-c", f"touch {tmp_path}/spawned"))
     script = (
-        f"mount -t tmpfs -o size=8k tmpfs {disk} || exit 99; "
+        f"mount -n -t tmpfs -o size=8k tmpfs {disk} || exit 99; "
         f"dd if=/dev/zero of={disk}/fill bs=1k count=64 2>/dev/null; "
         f"TMPDIR={disk} {command}; echo \"rc=$?\" >&2; ls -A {disk} >&2"
     )

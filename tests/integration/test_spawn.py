@@ -177,12 +177,15 @@ def test_workers_start_with_default_signal_dispositions() -> None:
 
 
 def test_exec_failure_is_reported_as_a_worker_failure(tmp_path: Path) -> None:
-    script = tmp_path / "bad.sh"
-    script.write_text("#!/nonexistent/interpreter\n")
+    # Executable, but neither a program nor a #! script: only exec itself can tell (a
+    # missing #! interpreter is refused before anything starts, see tests/cli/test_messages).
+    script = tmp_path / "bad.bin"
+    script.write_bytes(b"\x7fELF but not really\n")
     script.chmod(0o755)
     result = run_launcher("--no_python", str(script))
     assert result.returncode == 127
     assert "cannot start" in result.stderr and "rank 0" in result.stderr
+    assert "Exec format error" in result.stderr
 
 
 def test_workers_get_only_stdin_stdout_stderr(tmp_path: Path) -> None:

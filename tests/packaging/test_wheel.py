@@ -78,7 +78,7 @@ def test_the_wheel_holds_the_package_its_license_and_its_entry_point(wheel: Path
     assert "hpclaunch/spawner/worker_site/sitecustomize.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names
     assert "[console_scripts]" in entry_points
-    assert "hpclaunch = hpclaunch.cli:main" in entry_points
+    assert "hpclaunch = hpclaunch.__main__:main" in entry_points
     assert "hpclaunch-torchrun = hpclaunch.torchrun:main" in entry_points
     assert "hpclaunch/torchrun/__main__.py" in names
     assert "hpclaunch-report = hpclaunch.jobreport:main" in entry_points

@@ -23,12 +23,13 @@ def test_relayed_workers_hold_two_each_and_the_count_is_a_parameter() -> None:
     assert preflight.held_fds(plan, True, None, per_relayed_worker=3) == 18  # a pty, say
 
 
-def test_filtered_workers_hold_one_raw_none_and_logs_one() -> None:
+def test_filtered_workers_hold_one_raw_none_and_logs_two() -> None:
     plan = local_plan(6)
     # ranks 0 and 5 relayed (2 each); 1-4 hidden, but their pipe feeds the failure tail
     assert preflight.held_fds(plan, True, frozenset({0, 5})) == 2 * 2 + 4 * 1
     assert preflight.held_fds(plan, False, None) == 0
-    assert preflight.held_fds(local_plan(6, "/tmp/logs"), True, None) == 6
+    # a log: the file and the pipe the relay copies into it
+    assert preflight.held_fds(local_plan(6, "/tmp/logs"), True, None) == 12
 
 
 def test_node_zero_checks_a_local_master_port_whatever_the_adapter() -> None:

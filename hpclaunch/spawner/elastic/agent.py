@@ -191,8 +191,7 @@ def fork_agent(
     """Fork the agent (own session, pdeathsig); returns (pid, read end of its result pipe)."""
     result_read, result_write = os.pipe()
     parent = os.getpid()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_standard_streams()
     pid, old_mask = fork_with_signals_blocked((result_read, result_write))
     if pid == 0:
         code = 1
@@ -229,13 +228,26 @@ def fork_agent(
             except BaseException:  # noqa: B036 - not even a failed report may return
                 pass
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            flush_standard_streams()
             os._exit(code)
     set_mask(old_mask)
     os.close(result_write)
     os.set_blocking(result_read, False)
     return pid, result_read
+
+
+def flush_standard_streams() -> None:
+    """Flush Python's stdout and stderr around a fork (nothing buffered is written twice).
+
+    Either is None when its fd was closed when Python started (``>&-``, ``2>&-``) and may
+    be broken (``| head -1``): that costs output, never the launch or the agent's exit.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

@@ -316,7 +316,11 @@ class _ElasticSupervisor(TreeSupervisor):
 
 
 def run_elastic(
-    plan: LaunchPlan, base_env: Mapping[str, str], reporter: Reporter, events: Events
+    plan: LaunchPlan,
+    base_env: Mapping[str, str],
+    reporter: Reporter,
+    events: Events,
+    inbox: Optional[SignalInbox] = None,
 ) -> Outcome:
     """Run this node's share of an elastic job to an Outcome (the contract's exit status).
 
@@ -335,7 +339,7 @@ def run_elastic(
     result_fd = -1
     files: Optional[WatchFiles] = None
     hellos: Optional[socket.socket] = None
-    with launch_guard(plan.launch.pid_file) as guard:
+    with launch_guard(plan.launch.pid_file, inbox) as guard:
         try:
             try:
                 hellos = watch.listen(guard.token)
@@ -367,7 +371,14 @@ def run_elastic(
                 watch_env=tuple(files.worker_env(slot, env) for slot in range(len(plan.workers))),
                 tracer=os.getpid() if plan.launch.stack_dumps else None,
             )
-            agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog, reporter)
+            try:
+                agent, result_fd = fork_agent(plan, run, env, guard.inbox, guard.watchdog,
+                                              reporter)
+            except OSError as exc:  # fork: a process limit
+                from hpclaunch.errors import SpawnError
+                from hpclaunch.spawner.limits import fork_failure
+
+                raise SpawnError(f"cannot start the elastic agent: {fork_failure(exc)}") from None
             guard.watchdog.track(agent)  # its own session: pgid == pid
             reporter.info(
                 f"elastic: {setup.nproc_per_node} worker(s) here, {setup.min_nodes}..."
@@ -379,7 +390,7 @@ def run_elastic(
                 files, hellos,
             )
             hellos = None  # the supervisor's now
-            supervisor.handle_signals([])
+            supervisor.handle_signals(early)  # SIGUSR1/2 that came first: said, not lost
             supervisor.loop()
             guard.clean = supervisor.finished()
             return supervisor.outcome()

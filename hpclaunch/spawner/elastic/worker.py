@@ -112,7 +112,7 @@ def main(argv: List[str]) -> None:
             tracer=config.get("tracer"),
         )
     except OSError as exc:
-        _fail(f"cannot start {command[0]!r}: {exc}", 127)
+        _fail(child["exec_failure"](command[0], exc), 127)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,16 @@ and flushes it when the event loop says the console is writable. A console that 
 reading therefore never blocks signal handling, fail-fast or teardown; once
 :data:`CONSOLE_BUFFER` bytes are queued the relay stops reading workers' pipes
 (back-pressure), so memory stays bounded and workers block on their own writes, as they
-would on a slow terminal. A closed or broken console (``2>&-``, ``| head -1``, a dead
-``tee``) costs the output, never the launch. How each worker's output reaches it is
-:mod:`hpclaunch.spawner.output.wiring`.
+would on a slow terminal.
+
+Nothing is dropped while the console's reader lives: after the workers are gone,
+:meth:`Console.flush` waits for as long as the reader takes (``| less``, a paused
+terminal, a slow file system), and only a SIGINT/TERM/HUP from outside ends that wait
+(:meth:`Console.abandon`). Output is lost only then, or when the reader is gone (``2>&-``,
+``| head -1``, a dead ``tee``: that costs the output, never the launch); either way
+:meth:`Console.close` says how many bytes, on stderr when that is another file, and
+:meth:`Console.take_drops` hands the counts to the launch's event record. How each worker's
+output reaches the console is :mod:`hpclaunch.spawner.output.wiring`.
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ import errno
 import os
 import selectors
 import stat
-import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.inbox import SignalInbox
 
 #: Console bytes queued before the relay stops reading workers' pipes (back-pressure).
 CONSOLE_BUFFER = 4 << 20
-#: After the workers are done: give up on a console that has taken nothing for this long.
-FLUSH_STALL_SECONDS = 5.0
+#: Why bytes were dropped when the console's reader left (a SIGINT/TERM/HUP is the other).
+READER_GONE = "the console's reader is gone"
 
 Buffer = Union[bytes, memoryview]
 #: Who wrote the last, still unfinished line on a console (a relay stream, or the launcher).
@@ -86,9 +95,12 @@ class Console:
         err = out if same_file(out_fd, err_fd) else _open_sink(err_fd)
         self.sinks: Dict[int, _Sink] = {1: out, 2: err}
         self.selector: Optional[selectors.BaseSelector] = None
-        #: How long :meth:`flush` waits on a console that takes nothing; 0 once the user
-        #: asked the launcher to stop (SIGINT/TERM/HUP): from then on nothing waits on it.
-        self.stall_seconds = FLUSH_STALL_SECONDS
+        #: Why the console was given up on (a stop signal): from then on every write is
+        #: what the console takes at once, the rest dropped (see :meth:`abandon`).
+        self.abandoned: Optional[str] = None
+        #: Bytes dropped, by why, since :meth:`take_drops` last took them; and in all.
+        self.drops: Dict[str, int] = {}
+        self.dropped: Dict[str, int] = {}
         #: Called once the queue has drained below half of :data:`CONSOLE_BUFFER`.
         self.on_room: Callable[[], None] = lambda: None
 
@@ -120,7 +132,9 @@ class Console:
         self.write(2, LAUNCHER, b"", data, False)
 
     def _send(self, sink: _Sink, parts: Sequence[Buffer]) -> None:
+        total = sum(len(part) for part in parts)
         if sink.broken:
+            self._drop(READER_GONE, total)
             return
         if sink.queue:
             self._flush(sink)
@@ -131,16 +145,24 @@ class Console:
                 written = 0
             except OSError:  # EPIPE, EBADF, EIO (terminal hung up): the console is gone
                 self._break(sink)
+                self._drop(READER_GONE, total)
                 return
-            total = sum(len(part) for part in parts)
             if written == total:
                 return
             rest: Buffer = memoryview(b"".join(parts))[written:]
         else:
             rest = b"".join(parts)
+        if self.abandoned is not None:
+            self._drop(self.abandoned, len(rest))
+            return
         sink.queue.append(rest)
         sink.queued += len(rest)
         self._watch(sink)
+
+    def _drop(self, why: str, count: int) -> None:
+        if count:
+            self.drops[why] = self.drops.get(why, 0) + count
+            self.dropped[why] = self.dropped.get(why, 0) + count
 
     def _flush(self, sink: _Sink) -> bool:
         """Write what the console takes now; True if anything was written."""
@@ -164,10 +186,14 @@ class Console:
 
     def _break(self, sink: _Sink) -> None:
         sink.broken = True
-        sink.queue.clear()
-        sink.queued = 0
+        self._clear(sink, READER_GONE)
         self._unwatch(sink)
         self.on_room()
+
+    def _clear(self, sink: _Sink, why: str) -> None:
+        self._drop(why, sink.queued)
+        sink.queue.clear()
+        sink.queued = 0
 
     # ------------------------------------------------------------------ event loop
 
@@ -206,45 +232,80 @@ class Console:
     # ------------------------------------------------------------------ the end
 
     def flush(
-        self, interrupt_fd: int = -1, interrupted: Callable[[], bool] = lambda: True
-    ) -> None:
-        """Wait until everything queued is written, the console takes nothing for
-        :attr:`stall_seconds`, or ``interrupt_fd`` turns readable and ``interrupted()``
-        says that what arrived there (a fatal signal) ends the wait."""
-        stall_seconds = self.stall_seconds
+        self, interrupt_fd: int = -1, interrupted: Callable[[], Optional[int]] = lambda: None
+    ) -> Optional[int]:
+        """Wait until everything queued is written or its reader is gone: as long as that
+        takes, unless ``interrupt_fd`` turns readable and ``interrupted()`` names what
+        arrived there as a reason to stop (a SIGINT/TERM/HUP), which is returned.
+
+        Without ``interrupt_fd`` nothing can end the wait but the reader: callers that can
+        be asked to stop pass their signal inbox.
+        """
         sinks = [sink for sink in self._unique() if sink.queue and not sink.broken]
         if not sinks:
-            return
+            return None
         with selectors.DefaultSelector() as waiter:
             for sink in sinks:
                 waiter.register(sink.fd, selectors.EVENT_WRITE, sink)
             if interrupt_fd >= 0:
                 waiter.register(interrupt_fd, selectors.EVENT_READ, None)
-            last_progress = time.monotonic()
             while any(sink.queue for sink in sinks):
-                left = last_progress + stall_seconds - time.monotonic()
-                if left <= 0:
-                    return
-                for key, _ in waiter.select(left):
+                for key, _ in waiter.select():
                     if key.data is None:
-                        if interrupted():
-                            self.stall_seconds = 0.0
-                            return
+                        stop = interrupted()
+                        if stop is not None:
+                            return stop
                         continue
                     sink = key.data
-                    if self._flush(sink):
-                        last_progress = time.monotonic()
+                    self._flush(sink)
                     if not sink.queue:
                         waiter.unregister(sink.fd)
+        return None
 
-    def close(self) -> None:
+    def abandon(self, why: str) -> None:
+        """Stop waiting on the console for good (``why``: the stop signal that asked): what
+        it holds is dropped, and from now on what it cannot take at once is dropped too."""
+        self.abandoned = why
+        for sink in self._unique():
+            self._clear(sink, why)
+            self._unwatch(sink)
+        self.on_room()
+
+    def take_drops(self) -> Dict[str, int]:
+        """Bytes dropped since the last call, by why (for the launch's event record)."""
+        drops, self.drops = self.drops, {}
+        return drops
+
+    def close(self, inbox: Optional[SignalInbox] = None) -> None:
+        """Deliver what is queued (a SIGINT/TERM/HUP in ``inbox`` ends the wait), say what
+        was dropped, if anything, and close."""
         self.detach()
-        self.flush()
+        stop = self.flush(inbox.read_fd, inbox.fatal) if inbox is not None else None
+        if stop is not None:
+            import signal
+
+            self.abandon(f"stopped by {signal.Signals(stop).name}")
+        self._say_dropped()
         for sink in self._unique():
             if sink.owned:
                 os.close(sink.fd)
             sink.owned = False
             sink.broken = True
+
+    def _say_dropped(self) -> None:
+        """One line on stderr with what was dropped, written only if stderr takes it now:
+        when stderr is the file that stopped taking output, nobody would read it."""
+        if not self.dropped:
+            return
+        err = self.sinks[2]
+        if err.broken or err.queue:
+            return
+        counts = "; ".join(f"{count} bytes ({why})" for why, count in self.dropped.items())
+        line = f"hpclaunch: warning: output not delivered to the console: {counts}\n"
+        try:
+            os.write(err.fd, line.encode())
+        except OSError:
+            pass
 
     def _unique(self) -> List[_Sink]:
         out, err = self.sinks[1], self.sinks[2]

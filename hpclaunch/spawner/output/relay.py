@@ -7,7 +7,11 @@ is written whole, with the rank's prefix, so two ranks' bytes never share a segm
 unfinished end of a line is held back for at most :data:`IDLE_FLUSH` seconds and then shown
 too (progress bars and prompts appear live); if the same rank goes on with that line
 before anyone else writes, the rest follows without a second prefix. Bytes pass through
-undecoded (binary output survives).
+undecoded (binary output survives), byte for byte when unprefixed, with one exception: a
+line one writer left unfinished gets a newline before another writer's output (another
+rank's, or a launcher message) goes on the same console. A rank with a per-rank log has one
+pipe whose bytes go to the log as they are, and to the console only once the log's file
+system refuses them (:mod:`hpclaunch.spawner.output.ranklog`).
 
 The last :data:`TAIL_BYTES` of every rank's output are kept in memory -- also for ranks
 ``--ranks_filter`` hides -- so the failure summary can quote a failing rank's last lines.
@@ -25,10 +29,13 @@ import os
 import re
 import selectors
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+
+from hpclaunch.spawner.output.ranklog import CAN_SPLICE
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.output.console import Console
+    from hpclaunch.spawner.output.ranklog import RankLog
 
 #: An unfinished line longer than this is written out rather than held.
 MAX_LINE = 1 << 20
@@ -68,16 +75,18 @@ class Tail:
 class Stream:
     """One worker pipe or pty: its rank's prefix, where it goes, and the unfinished line."""
 
-    __slots__ = ("rank", "prefix", "template", "target", "pending", "deadline", "tail")
+    __slots__ = ("rank", "prefix", "template", "target", "pending", "deadline", "tail", "log")
 
-    def __init__(self, rank: int, prefix: bytes, target: Optional[int], tail: Tail) -> None:
+    def __init__(self, rank: int, prefix: bytes, target: Optional[int], tail: Tail,
+                 log: Optional[RankLog] = None) -> None:
         self.rank = rank
         self.prefix = prefix
         self.template = b"\\g<0>" + prefix.replace(b"\\", b"\\\\")
-        self.target = target  # None: kept for the tail only (--ranks_filter)
+        self.target = target  # None: kept for the tail only (--ranks_filter, a per-rank log)
         self.pending = b""
         self.deadline = 0.0
         self.tail = tail
+        self.log = log  # the rank's log, written byte for byte (see output/ranklog.py)
 
 
 class OutputRelay:
@@ -91,8 +100,13 @@ class OutputRelay:
         self.paused = False
         self.pipe_bytes = 0
         console.on_room = self.resume
+        #: rank -> its per-rank log, once the file system refused a write to it.
+        self.stopped_logs: Dict[int, RankLog] = {}
+        #: Called once per rank whose log stopped: its output goes to the console from then.
+        self.on_log_stopped: Callable[[int, RankLog], None] = lambda rank, log: None
 
-    def add(self, fd: int, rank: int, prefix: bytes, target: Optional[int]) -> None:
+    def add(self, fd: int, rank: int, prefix: bytes, target: Optional[int],
+            log: Optional[RankLog] = None) -> None:
         os.set_blocking(fd, False)
         if self.pipe_bytes + PIPE_SIZE <= PIPE_BUDGET:
             try:
@@ -101,7 +115,7 @@ class OutputRelay:
             except OSError:
                 pass  # a pty, or the user's pipe quota is spent: the default will do
         tail = self.tails.setdefault(rank, Tail())
-        self.streams[fd] = Stream(rank, prefix, target, tail)
+        self.streams[fd] = Stream(rank, prefix, target, tail, log)
         if not self.paused:
             self.selector.register(fd, selectors.EVENT_READ, self.on_readable)
 
@@ -115,6 +129,20 @@ class OutputRelay:
     def on_readable(self, fd: int) -> bool:
         """Read what is there now and write its finished segments. False: nothing there."""
         stream = self.streams[fd]
+        if stream.log is not None and CAN_SPLICE:
+            try:
+                moved = stream.log.splice_from(fd, READ_SIZE)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._log_stopped(stream, stream.log)  # the rest is read below, for the console
+                moved = -1
+            if moved > 0:
+                self.progress[stream.rank] = time.monotonic()
+                return True
+            if moved == 0:
+                self._close(fd, stream)
+                return False
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
@@ -126,11 +154,24 @@ class OutputRelay:
             return False
         self.progress[stream.rank] = time.monotonic()
         stream.tail.add(data)
+        if stream.log is not None:  # without splice(2): the log gets what was read
+            taken = stream.log.write(data)
+            if stream.log.error is None:
+                return True
+            data = data[taken:]
+            self._log_stopped(stream, stream.log)
         if stream.target is not None:
             self._relay(stream, data)
             if self.console.full:
                 self.pause()
         return True
+
+    def _log_stopped(self, stream: Stream, log: RankLog) -> None:
+        """The file system refused the rank's log: its output goes to the console now."""
+        stream.log = None
+        stream.target = 1
+        self.stopped_logs[stream.rank] = log
+        self.on_log_stopped(stream.rank, log)
 
     def _relay(self, stream: Stream, data: bytes) -> None:
         if stream.pending:
@@ -220,11 +261,9 @@ class OutputRelay:
                 self._close(fd, stream)
 
     def _close(self, fd: int, stream: Stream) -> None:
-        if stream.pending:
-            stream.pending += b"\n"
-            self._show_pending(stream)
-        elif stream.target is not None and self.console.sinks[stream.target].open_owner is stream:
-            self.console.write(stream.target, stream, b"", b"\n", False)
+        # The rank's last bytes as they are, also without a final newline: the console ends
+        # that line only if another writer's output follows it.
+        self._show_pending(stream)
         if not self.paused:
             self.selector.unregister(fd)
         os.close(fd)

@@ -1,7 +1,8 @@
-"""How each worker's stdout and stderr are wired: its log file, a pty or pipe to the relay.
+"""How each worker's stdout and stderr are wired: a pty or pipe to the relay.
 
-:func:`spawn_with_output` gives each worker its stdout/stderr: its per-rank log file; one
-pseudo-terminal per worker when the launcher's console is a terminal (so colour and live
+:func:`spawn_with_output` gives each worker its stdout/stderr: one pipe for both when it
+has a per-rank log (the relay writes the log, see :mod:`hpclaunch.spawner.output.ranklog`);
+one pseudo-terminal per worker when the launcher's console is a terminal (so colour and live
 progress bars stay on, ``isatty()`` is true, and stdout+stderr keep the order the rank wrote
 them); one pipe for both streams when the launcher's stdout and stderr are the same file
 (``>log 2>&1``, Slurm's default), so the kernel keeps the rank's order; a pipe per stream
@@ -15,7 +16,9 @@ import os
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.options import OutputOptions
+from hpclaunch.spawner.logs import LogFile
 from hpclaunch.spawner.output.console import same_file
+from hpclaunch.spawner.output.ranklog import RankLog
 
 if TYPE_CHECKING:
     from hpclaunch.model.plan import RankSpec
@@ -80,23 +83,21 @@ def spawn_with_output(
     env: Mapping[str, str],
     options: OutputOptions,
     prefix_output: bool,
-    log_fds: Mapping[str, int],
+    logs: Mapping[str, LogFile],
     layout: Layout,
     relay: OutputRelay,
 ) -> Tuple[int, str]:
     """Start one worker with its stdout/stderr wired as the module docstring says."""
     env = worker_output_env(env)
-    if spec.log_path:
-        log_fd = log_fds[spec.log_path]
-        return spawn(spec, env, log_fd, log_fd)
+    log = logs[spec.log_path] if spec.log_path else None
     shown = options.shows(spec.rank)
-    if shown and options.raw_output:
+    if shown and options.raw_output and log is None:
         return spawn(spec, env, None, None)
     prefix = f"[rank{spec.rank}]: ".encode() if prefix_output else b""
     # (launcher's end, worker's end, worker fds it becomes, console target or None)
     channels: List[Tuple[int, int, Tuple[int, ...], Optional[int]]] = []
     try:
-        if not shown:
+        if log is not None or not shown:
             channels.append((*os.pipe(), (1, 2), None))
         elif layout.same_file:
             channels.append((*layout.open_channel(1), (1, 2), 1))
@@ -113,5 +114,6 @@ def spawn_with_output(
         raise
     for leader, follower, _, target in channels:
         os.close(follower)
-        relay.add(leader, spec.rank, prefix, target)
+        relay.add(leader, spec.rank, prefix, target,
+                  RankLog(log.fd, log.path) if log is not None else None)
     return pid, error
