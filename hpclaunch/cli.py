@@ -40,7 +40,6 @@ from hpclaunch.options import (
 from hpclaunch.reporter import CRITICAL, ERROR, LEVELS, Reporter, reopen_closed_standard_fds
 from hpclaunch.spawner.inbox import SignalInbox, hold_signals
 from hpclaunch.spawner.process import LauncherProcess
-from hpclaunch.stdout import Stdout
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -69,15 +68,18 @@ _ADAPTER_METAVAR = "{" + ",".join(ADAPTER_NAMES) + ",...}"
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting."""
 
-    #: Where ``--help`` and ``--version`` go: argparse itself swallows a write error.
-    stdout: Optional[Stdout] = None
+    #: ``--help`` and ``--version`` go through :class:`hpclaunch.stdout.Stdout` (argparse
+    #: itself swallows a write error); None: print as argparse does (a test's parser).
+    stdout_closed: Optional[bool] = None
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see 'hpclaunch --help')")
 
     def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
-        if message and self.stdout is not None and (file is None or file is sys.stdout):
-            self.stdout.write(message)
+        if message and self.stdout_closed is not None and (file is None or file is sys.stdout):
+            from hpclaunch.stdout import Stdout
+
+            Stdout("hpclaunch's output", self.stdout_closed).write(message)
         else:
             super()._print_message(message, file)
 
@@ -256,7 +258,7 @@ def _parse(
     """(flags, training script, its arguments); DeepSpeed's "None" spelling means not given."""
     parser = build_parser()
     if isinstance(parser, _Parser):
-        parser.stdout = Stdout("hpclaunch's output", stdout_closed)
+        parser.stdout_closed = stdout_closed
     launcher_tokens, script, script_args = split_argv(argv, _option_table(parser))
     args = parser.parse_args(launcher_tokens)
     if script is None:
@@ -413,6 +415,7 @@ class _Run:
         self.stop_if_asked()
         if job.dry_run:
             from hpclaunch.model.plan import write_plan
+            from hpclaunch.stdout import Stdout
 
             write_plan(plan.to_json(), Stdout("the plan", self.stdout_closed))
             return 0

@@ -27,10 +27,10 @@ Order (first whose ``detect`` is true wins under ``--adapter auto``):
 detected: ``hpclaunch-torchrun`` chooses it, or ``--adapter torchrun``.
 
 Modules are imported only when chosen, so that detection stays cheap and mpi4py is never
-imported unless the MPI adapter runs; the PBS, LSF and Kubeflow adapters are detected by
-:data:`ENV_DETECTORS` (variable checks, no import of their modules); plug-ins are listed (a
-directory scan, no import) only when a name is not a built-in's or nothing but ``local``
-detected.
+imported unless the MPI adapter runs: every built-in is detected by :data:`ENV_DETECTORS`
+(variable checks, no import of its module; each adapter's own ``detect`` is the same
+function); plug-ins are listed (a directory scan, no import) only when a name is not a
+built-in's or nothing but ``local`` detected.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import importlib
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from hpclaunch.adapters.base import Adapter, BaseAdapter
+from hpclaunch.adapters.mpi_identity import MPI_RANK_VARS
 from hpclaunch.errors import UsageError
 from hpclaunch.options import WorldOptions
 
@@ -57,6 +58,16 @@ ADAPTERS: Dict[str, Tuple[str, str]] = {
 
 def _set(env: Mapping[str, str], name: str) -> bool:
     return bool(env.get(name, "").strip())
+
+
+def slurm_job(env: Mapping[str, str]) -> bool:
+    """Inside a Slurm job: a step, or an sbatch/salloc shell (where the adapter decides)."""
+    return _set(env, "SLURM_JOB_ID")
+
+
+def mpi_process(env: Mapping[str, str]) -> bool:
+    """Started by an MPI launcher (any of the variables only a process manager sets)."""
+    return any(env.get(var) for var in MPI_RANK_VARS)
 
 
 def pbs_job(env: Mapping[str, str]) -> bool:
@@ -79,6 +90,8 @@ def kubeflow_pod(env: Mapping[str, str]) -> bool:
 #: Built-ins detected by their variables alone: the adapter's module is imported only when
 #: it is chosen, so a plain local launch pays nothing for schedulers it is not under.
 ENV_DETECTORS: Dict[str, Callable[[Mapping[str, str]], bool]] = {
+    "slurm": slurm_job,
+    "mpi": mpi_process,
     "pbs": pbs_job,
     "lsf": lsf_job,
     "kubeflow": kubeflow_pod,
@@ -153,14 +166,8 @@ def select(env: Mapping[str, str], options: WorldOptions, forced: Optional[str] 
     if options.world_info is not None:
         return load("explicit")
     for name in DETECTION_ORDER:
-        detector = ENV_DETECTORS.get(name)
-        if detector is not None:
-            if detector(env):
-                return load(name)
-            continue
-        adapter = load(name)
-        if adapter.detect(env):
-            return adapter
+        if ENV_DETECTORS[name](env):
+            return load(name)
     return _detecting_plugin(env) or load("local")
 
 
@@ -169,6 +176,8 @@ __all__ = [
     "ADAPTER_NAMES",
     "DETECTION_ORDER",
     "ENV_DETECTORS",
+    "mpi_process",
+    "slurm_job",
     "Adapter",
     "BaseAdapter",
     "WorldOptions",

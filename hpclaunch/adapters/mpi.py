@@ -47,6 +47,7 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from hpclaunch.adapters import mpi_process
 from hpclaunch.adapters.base import BaseAdapter, node_slots
 from hpclaunch.adapters.mpi_identity import MPI_RANK_VARS, is_mpi_identity_var
 from hpclaunch.errors import AdapterError, UsageError
@@ -244,7 +245,7 @@ class MPIAdapter(BaseAdapter):
     name = "mpi"
 
     def detect(self, env: Mapping[str, str]) -> bool:
-        return any(env.get(var) for var in MPI_RANK_VARS)
+        return mpi_process(env)
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         before = open_fds()

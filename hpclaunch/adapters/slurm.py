@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+from hpclaunch.adapters import slurm_job
 from hpclaunch.adapters.base import BaseAdapter, node_slots
 from hpclaunch.errors import AdapterError, HostlistError
 from hpclaunch.machine import gpus as machine_gpus
@@ -265,7 +266,7 @@ class SlurmAdapter(BaseAdapter):
 
     def detect(self, env: Mapping[str, str]) -> bool:
         """Inside a job: a step, or an sbatch/salloc shell (where :meth:`world` decides)."""
-        return bool(env.get("SLURM_JOB_ID", "").strip())
+        return slurm_job(env)
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         job_id = _int_var(env, "SLURM_JOB_ID", f"run hpclaunch inside a Slurm job: {_SRUN_HINT}")

@@ -28,7 +28,6 @@ from hpclaunch.spawner.logs import LogFile
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
-from hpclaunch.spawner.output.ranklog import RankLog
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
 from hpclaunch.spawner.usage import NodeUsage, cpu_and_peak
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from resource import struct_rusage
 
     from hpclaunch.spawner.events import Progress
+    from hpclaunch.spawner.output.ranklog import RankLog
 
 if TYPE_CHECKING:
     from hpclaunch.spawner.stacks import DumpTarget

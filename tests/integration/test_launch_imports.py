@@ -17,6 +17,10 @@ HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metad
          "socket", "hpclaunch.adapters.pbs", "hpclaunch.adapters.lsf",
          "hpclaunch.adapters.kubeflow", "hpclaunch.adapters.torchrun",
          "hpclaunch.adapters.hostfile", "hpclaunch.torchrun",
+         # Schedulers this launch is not under: detected by their variables alone.
+         "hpclaunch.adapters.slurm", "hpclaunch.adapters.mpi", "hpclaunch.model.hostlist",
+         # Only for --dry-run/--help/--version, or with per-rank logs.
+         "hpclaunch.stdout", "hpclaunch.spawner.output.ranklog",
          # Taking stacks and watching for stalls: imported at a dump or with --stall_timeout.
          "hpclaunch.spawner.stacks", "hpclaunch.spawner.stall", "faulthandler")
 

@@ -9,7 +9,7 @@ from typing import Dict
 
 import pytest
 
-from hpclaunch.adapters import ENV_DETECTORS, WorldOptions, select
+from hpclaunch.adapters import DETECTION_ORDER, ENV_DETECTORS, WorldOptions, select
 from hpclaunch.adapters.base import BaseAdapter
 from hpclaunch.adapters.kubeflow import KubeflowAdapter
 from hpclaunch.adapters.lsf import LSFAdapter, parse_mcpu_hosts
@@ -178,8 +178,10 @@ def test_detection_order(env: Dict[str, str], expected: str) -> None:
 
 
 def test_detection_is_variables_only() -> None:
-    """The new adapters detect by variables, so a plain launch imports none of them."""
-    assert set(ENV_DETECTORS) == {"pbs", "lsf", "kubeflow"}
+    """Every auto-detected built-in detects by variables, so a plain launch imports none of
+    them (tests/integration/test_launch_imports.py holds it)."""
+    assert set(ENV_DETECTORS) == set(DETECTION_ORDER) == {"slurm", "pbs", "lsf", "mpi",
+                                                          "kubeflow"}
     assert not TorchrunAdapter().detect({"PET_NNODES": "2"})  # chosen, never guessed
 
 

@@ -22,6 +22,9 @@ CAN_SPLICE = hasattr(os, "splice")
 class RankLog:
     """One rank's open log file: what was written to it, and why it stopped, if it did."""
 
+    #: Whether the relay may move bytes into this log with :meth:`splice_from`.
+    splices = CAN_SPLICE
+
     __slots__ = ("fd", "path", "written", "error")
 
     def __init__(self, fd: int, path: str) -> None:

@@ -31,8 +31,6 @@ import selectors
 import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-from hpclaunch.spawner.output.ranklog import CAN_SPLICE
-
 if TYPE_CHECKING:
     from hpclaunch.spawner.output.console import Console
     from hpclaunch.spawner.output.ranklog import RankLog
@@ -129,7 +127,7 @@ class OutputRelay:
     def on_readable(self, fd: int) -> bool:
         """Read what is there now and write its finished segments. False: nothing there."""
         stream = self.streams[fd]
-        if stream.log is not None and CAN_SPLICE:
+        if stream.log is not None and stream.log.splices:
             try:
                 moved = stream.log.splice_from(fd, READ_SIZE)
             except BlockingIOError:

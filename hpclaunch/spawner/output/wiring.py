@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 from hpclaunch.options import OutputOptions
 from hpclaunch.spawner.logs import LogFile
 from hpclaunch.spawner.output.console import same_file
-from hpclaunch.spawner.output.ranklog import RankLog
 
 if TYPE_CHECKING:
     from hpclaunch.model.plan import RankSpec
@@ -112,8 +111,12 @@ def spawn_with_output(
             os.close(leader)
             os.close(follower)
         raise
+    rank_log = None
+    if log is not None:
+        from hpclaunch.spawner.output.ranklog import RankLog
+
+        rank_log = RankLog(log.fd, log.path)
     for leader, follower, _, target in channels:
         os.close(follower)
-        relay.add(leader, spec.rank, prefix, target,
-                  RankLog(log.fd, log.path) if log is not None else None)
+        relay.add(leader, spec.rank, prefix, target, rank_log)
     return pid, error
