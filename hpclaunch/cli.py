@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
           "GPU; exclusive: split that node's CPUs between its workers (default none)")
     _flag(proc, "--kill_timeout", type=float, default=15.0,
           help="seconds between SIGTERM and SIGKILL at teardown (default 15)")
+    _flag(proc, "--no_scheduler_end", action="store_true",
+          help="when a worker here fails, do not ask Slurm to end the job step on every "
+          "node (for steps whose tasks are meant to outlive each other)")
     _flag(proc, "--dry_run", action="store_true", help="print the plan as JSON and exit")
     logs = parser.add_argument_group("logging")
     _flag(logs, "--enable_each_rank_log", default=None,
@@ -274,6 +277,7 @@ def _invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
         pid_file=pid_file,
         bind_cores=_bind_cores(args),
         numa_binding=args.numa_binding,
+        scheduler_end=not args.no_scheduler_end,
     )
     launch.check()  # before the world: under MPI a bad value must not cost an allgather
     elastic = None

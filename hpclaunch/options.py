@@ -3,7 +3,7 @@
 * :class:`WorldOptions` -- which world: the adapter and the flags that shape a World;
 * :class:`OutputOptions` -- where workers' output goes: per-rank logs, prefixes, the filter;
 * :class:`LaunchOptions` -- how workers are started and stopped: cores, NUMA, PID file,
-  the SIGTERM -> SIGKILL wait;
+  the SIGTERM -> SIGKILL wait, whether a failure here ends the job on every node;
 * :class:`ElasticOptions` -- elastic mode's bounds, restarts and rendezvous settings.
 
 Each group's ``check`` holds every refusal of its values, with the flag's name in the
@@ -93,6 +93,9 @@ class LaunchOptions(NamedTuple):
     bind_cores: Optional[Tuple[int, ...]] = None
     #: ``--numa_binding``: CPUs and memory nearest each worker's GPU.
     numa_binding: str = "none"
+    #: When a worker here fails, ask the scheduler that started the launchers to end the job
+    #: on every node (Slurm: the step); ``--no_scheduler_end`` turns it off.
+    scheduler_end: bool = True
 
     def check(self) -> None:
         timeout = self.kill_timeout
@@ -108,6 +111,11 @@ class LaunchOptions(NamedTuple):
                 f"--numa_binding {self.numa_binding!r}: use one of {', '.join(NUMA_MODES)}"
             )
         check_cpu_choice(self.numa_binding, self.bind_cores is not None, None)
+        if not isinstance(self.scheduler_end, bool):
+            raise UsageError(
+                f"scheduler_end={self.scheduler_end!r}: give True or False "
+                "(False is --no_scheduler_end)"
+            )
         if self.bind_cores is not None:
             if len(set(self.bind_cores)) != len(self.bind_cores):
                 raise UsageError("--bind_core_list lists a core twice: list each core once")

@@ -19,12 +19,25 @@ import os
 import selectors
 import signal
 import time
-from typing import AbstractSet, FrozenSet, List, Optional, Sequence, Set
+from typing import (
+    TYPE_CHECKING,
+    AbstractSet,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Sequence,
+    Set,
+)
 
 from hpclaunch.reporter import DEBUG, Reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.events import Events, NoEvents
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.scheduler import StepEnd
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
@@ -64,6 +77,13 @@ class TreeSupervisor:
         self.fatal_signal: Optional[int] = None
         #: Processes the workers left running after they themselves were done.
         self.leftovers = 0
+        #: Processes the launcher runs for itself (a ``scancel``), each with what to call
+        #: with its wait status when it exits (None: given up on): waited for, but never a
+        #: worker's leftover, so the teardown never signals them.
+        self.own: Dict[int, Callable[[Optional[int]], None]] = {}
+        #: Under a scheduler that can end the job on every node: how (see
+        #: :mod:`hpclaunch.spawner.scheduler`); subclasses set it.
+        self.step_end: Optional[StepEnd] = None
         self.selector = selectors.DefaultSelector()
         self.selector.register(inbox.read_fd, selectors.EVENT_READ, None)
 
@@ -105,6 +125,8 @@ class TreeSupervisor:
                 if self.phase == self.RUNNING:
                     self.forward(sig)
             elif sig in FATAL_SIGNALS:
+                if self.step_end is not None and self.step_end.is_echo(sig):
+                    continue  # our own request to end the step reached this task too
                 if self.phase == self.RUNNING:
                     self.on_fatal(sig)
                     self.begin_terminate()
@@ -129,6 +151,9 @@ class TreeSupervisor:
             if pid in self.helpers:
                 self.helpers = self.helpers - {pid}
                 continue
+            if pid in self.own:
+                self.own.pop(pid)(status)
+                continue
             self.on_child_exit(pid, status)
 
     def only_helpers_left(self) -> bool:
@@ -137,7 +162,7 @@ class TreeSupervisor:
 
     def descendants(self) -> List[int]:
         """Every process the workers started that is still here (our helpers left out)."""
-        return tree.descendants(self.me, self.helpers)
+        return tree.descendants(self.me, self.helpers.union(self.own))
 
     def signal_strays(self, sig: int, already: AbstractSet[int] = frozenset()) -> List[int]:
         """Send ``sig`` to every descendant outside the process groups in ``already``."""
@@ -187,6 +212,34 @@ class TreeSupervisor:
         if self.killed:
             self.reporter.warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
 
+    def give_up(self) -> None:
+        """The wait after SIGKILL is over: stop waiting for anything still here."""
+        for pid, done in list(self.own.items()):  # a scancel stuck on a dead controller
+            tree.send(pid, signal.SIGKILL)
+            done(None)
+        self.own.clear()
+        if self.descendants():
+            self.reporter.warning(
+                "some processes did not die after SIGKILL (uninterruptible sleep?); giving "
+                "up on them"
+            )
+
+    # ------------------------------------------------------------------ the end of the job
+
+    def end_step(self, failed_rank: Optional[int]) -> None:
+        """A worker here failed for good (our teardown has begun): ask the scheduler that
+        started the launchers to end the job on every node, where it can."""
+        if self.step_end is None:
+            return
+        pid = self.step_end.request(failed_rank)
+        if pid is not None:
+            self.own[pid] = self.step_end.finished
+            self.no_children = False
+
+    def ended_by(self, sig: int) -> str:
+        """Who sent a fatal signal, for the "got SIGTERM" line (under Slurm: the step's end)."""
+        return self.step_end.ended(sig) if self.step_end is not None else ""
+
     def loop(self) -> None:
         try:
             self.reap()
@@ -208,10 +261,7 @@ class TreeSupervisor:
                     if self.phase == self.TERMINATING:
                         self.begin_kill()
                     else:
-                        self.reporter.warning(
-                            "some processes did not die after SIGKILL (uninterruptible "
-                            "sleep?); giving up on them"
-                        )
+                        self.give_up()
                         return
         finally:
             self.close()

@@ -30,6 +30,7 @@ from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.scheduler import step_end_for
 
 
 def spawn_worker(
@@ -124,6 +125,7 @@ class Supervisor(TreeSupervisor):
         self.untracked: List[int] = []
         self.exec_errors: Dict[int, str] = {}
         self.failure: Optional[WorkerFailure] = None
+        self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
@@ -214,7 +216,10 @@ class Supervisor(TreeSupervisor):
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:
             self.fatal_signal = sig
-        self.reporter.info(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
+        self.reporter.info(
+            f"got {signal.Signals(sig).name}{self.ended_by(sig)}: stopping {len(self.live)} "
+            "worker(s)"
+        )
 
     def on_child_exit(self, pid: int, status: int) -> None:
         spec = self.live.pop(pid, None)
@@ -247,6 +252,7 @@ class Supervisor(TreeSupervisor):
         )
         self.reporter.info(f"{self.failure.describe()}: stopping the other workers")
         self.begin_terminate()
+        self.end_step(spec.rank)
 
     def check_all_done(self) -> None:
         """Every planned rank started and none is left: stop what the workers left running.
