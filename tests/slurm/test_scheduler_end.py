@@ -298,3 +298,50 @@ def test_events_record_the_request_and_every_other_node_s_end(
         ]
         assert records[node]["status"] == 143
 
+
+# -- elastic mode ----------------------------------------------------------------------------
+
+
+def test_elastic_restarts_used_up_end_every_node(
+    slurm_cluster: SlurmCluster, tmp_path: Path, steps: List[Step], torch_available: None
+) -> None:
+    """Rank 3 fails in every round; after its one restart the job ends on both nodes (the
+    other node's workers would otherwise run on: nothing in them notices)."""
+    step = Step(slurm_cluster, tmp_path, ["-N2"], ["--enable_elastic_training",
+                "--nproc_per_node", "2", "--max_restarts", "1", "--kill_timeout", "600"],
+                ["--fail-rank", "3"])
+    steps.append(step)
+    pids: List[int] = []
+    for _ in range(2):  # the first round, then the round after the restart
+        step.expect_workers(4)
+        pids += step.pids()
+        step.fail()
+    assert step.end() != 0, step.output
+    assert len(failure_lines(step.output)) == 1, step.output
+    assert "rank 3 (local_rank " in failure_lines(step.output)[0]
+    assert "exited with code 3" in failure_lines(step.output)[0]
+    assert "gave up after 1 restart(s)" in step.output
+    assert f"rank 3 failed: asking Slurm to end step {step.step} on every node" in step.output
+    assert step.output.count(f"got SIGTERM (Slurm is ending step {step.step}") == 1, step.output
+    assert wait_gone(pids) == []
+
+
+def test_elastic_finish_while_another_node_restarts_ends_with_a_message(
+    slurm_cluster: SlurmCluster, tmp_path: Path, steps: List[Step], torch_available: None
+) -> None:
+    """Ranks 0 and 1 finish (exit 0); only then rank 3, on the other node, fails and its
+    agent restarts. The finished node will never join another round: instead of both agents
+    waiting for each other (torch's exit barrier, 300 s; the restarting agent's join, 600 s),
+    the restart fails at once with a message, and the step ends on every node."""
+    step = Step(slurm_cluster, tmp_path, ["-N2"], ["--enable_elastic_training",
+                "--nproc_per_node", "2", "--kill_timeout", "600"],
+                ["--fail-rank", "3", "--once", "--finish-ranks", "0,1"])
+    steps.append(step)
+    step.expect_workers(4)
+    wait_exited([step.workers[0][0], step.workers[1][0]])
+    step.fail()
+    assert step.end() != 0, step.output
+    assert "RendezvousClosedError" in step.output
+    assert "no new round can form" in step.output
+    assert f"asking Slurm to end step {step.step} on every node" in step.output
+    assert wait_gone(step.pids()) == []

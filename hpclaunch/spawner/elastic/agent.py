@@ -20,6 +20,7 @@ from hpclaunch.model.elastic import AGENT_VARS, DERIVED_VARS, ElasticSetup
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import ERROR, Reporter
 from hpclaunch.spawner import child, tree
+from hpclaunch.spawner.elastic.finish import close_when_finished
 from hpclaunch.spawner.inbox import (
     FORWARDED_SIGNALS,
     SignalInbox,
@@ -141,6 +142,7 @@ def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int, voice: Reporter
         signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
         shutdown_timeout=run.shutdown_timeout,
     )
+    close_when_finished(config, voice)  # a finished node never leaves a restart waiting
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
     shim_config = worker_config(plan, os.getpid()).replace("$", "$$")
     args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]

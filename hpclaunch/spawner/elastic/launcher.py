@@ -29,6 +29,7 @@ import json
 import os
 import selectors
 import signal
+import time
 from typing import AbstractSet, Any, Dict, List, Mapping, Optional
 
 from hpclaunch.errors import UsageError
@@ -47,6 +48,7 @@ from hpclaunch.spawner.guard import launch_guard
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.scheduler import step_end_for
 
 #: Past ``--kill_timeout``, how long the agent may take to finish its own TERM -> KILL of
 #: the workers and exit before the launcher kills everything itself.
@@ -89,6 +91,7 @@ class _ElasticSupervisor(TreeSupervisor):
         self.agent_status: Optional[int] = None
         self.result: Dict[str, Any] = {}
         self.buffer = b""
+        self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
 
     # ------------------------------------------------------------------ loop hooks
@@ -103,7 +106,8 @@ class _ElasticSupervisor(TreeSupervisor):
     def on_fatal(self, sig: int) -> None:
         self.fatal_signal = sig
         self.reporter.info(
-            f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
+            f"got {signal.Signals(sig).name}{self.ended_by(sig)}: stopping the elastic agent "
+            "and its workers"
         )
 
     def after_signals(self) -> None:
@@ -147,6 +151,15 @@ class _ElasticSupervisor(TreeSupervisor):
                 self.result = json.loads(line)
             except ValueError:
                 self.result = {"kind": "error", "message": line.decode(errors="replace")}
+            self.on_result()
+
+    def on_result(self) -> None:
+        """The agent gave up (restarts used up, or the rendezvous cannot go on): the other
+        nodes cannot go on without this one, so the job ends on every node."""
+        kind = self.result.get("kind")
+        if kind in ("failed", "error") and self.fatal_signal is None:
+            rank = self.result.get("rank")
+            self.end_step(int(rank) if kind == "failed" and rank is not None else None)
 
     def on_agent_exit(self) -> None:
         """The agent is gone, so are its workers; what they left behind (we adopted it) goes."""
@@ -172,7 +185,11 @@ class _ElasticSupervisor(TreeSupervisor):
         a dead worker, or it would count a failure and start a new attempt.
         """
         if self.agent_status is None:
+            idle = not self.workers()
             self.start_clock(extra=AGENT_GRACE_SECONDS)
+            if idle:  # no worker to stop, only the agent's own wait (rendezvous, exit barrier,
+                # which torch waits in C++ and no signal interrupts): no --kill_timeout grace
+                self.deadline = time.monotonic() + AGENT_GRACE_SECONDS
             tree.send(self.agent, signal.SIGTERM)
             self.note_sent(signal.SIGTERM, "elastic agent", [self.agent])
         else:
@@ -197,7 +214,8 @@ class _ElasticSupervisor(TreeSupervisor):
                 "check --master_addr/--master_port and that node 0's hpclaunch runs"
             ),
             "RendezvousClosedError": (
-                f"the rendezvous at {endpoint} is closed: the job already ended on another node"
+                f"the rendezvous at {endpoint} is closed: the job already ended on another "
+                "node, or another node's workers had finished, so no new round can form"
             ),
         }
         text = f"{kind}: {message}" if kind and message else kind or message
