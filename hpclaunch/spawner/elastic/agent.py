@@ -10,6 +10,7 @@ The agent reports its result to the launcher as one JSON line on a pipe.
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import os
 import signal
@@ -48,10 +49,18 @@ def worker_config(plan: LaunchPlan, agent_pid: int) -> str:
         env = {k: v for k, v in spec.env if k not in AGENT_VARS and k not in DERIVED_VARS}
         ranks.append({"env": env, "cpus": list(spec.cpus) if spec.cpus is not None else None,
                       "mem_node": spec.mem_node})
-    return json.dumps(
-        {"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts()},
-        separators=(",", ":"),
-    )
+    return shim_argument({"agent": agent_pid, "ranks": ranks, "log_path": plan.log_path_parts()})
+
+
+def shim_argument(config: Mapping[str, Any]) -> str:
+    """worker.py's CONFIG argument: ``config`` marshalled and hex-encoded.
+
+    marshal, not JSON: the shim runs this very interpreter (``sys.executable``), so the
+    format matches, and marshal is built in, where importing json (re, enum, its C scanner)
+    was most of the shim's own start-up, paid by every worker of every round. Hex: argv is
+    text, and has no ``$`` for the agent's template pass.
+    """
+    return marshal.dumps(dict(config)).hex()
 
 
 class AgentRun(NamedTuple):
