@@ -236,6 +236,14 @@ class TreeSupervisor:
             self.own[pid] = self.step_end.finished
             self.no_children = False
 
+    def done(self) -> bool:
+        """:meth:`finished`, and no SIGTERM of our own request to end the step still on its
+        way: Slurm may deliver it after scancel returns, and after the loop it would find
+        this process without its handlers (the default action: death, exit 143)."""
+        if not self.finished():
+            return False
+        return self.step_end is None or self.step_end.echo_wait() is None
+
     def ended_by(self, sig: int) -> str:
         """Who sent a fatal signal, for the "got SIGTERM" line (under Slurm: the step's end)."""
         return self.step_end.ended(sig) if self.step_end is not None else ""
@@ -243,11 +251,14 @@ class TreeSupervisor:
     def loop(self) -> None:
         try:
             self.reap()
-            while not self.finished():
+            while not self.done():
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
                 wake = self.wake_timeout()
+                echo = self.step_end.echo_wait() if self.step_end is not None else None
+                if echo is not None and (wake is None or echo < wake):
+                    wake = echo
                 if wake is not None and (timeout is None or wake < timeout):
                     timeout = wake
                 for key, _ in self.selector.select(timeout):
@@ -255,7 +266,7 @@ class TreeSupervisor:
                         key.data(key.fd)
                 self.on_wake()
                 self.handle_signals(self.inbox.drain())
-                if self.finished():
+                if self.done():
                     break
                 if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
                     if self.phase == self.TERMINATING:

@@ -47,6 +47,9 @@ END_SIGNAL = signal.SIGTERM
 KILL_ON_BAD_EXIT_VAR = "SLURM_KILL_BAD_EXIT"
 #: The most of scancel's output quoted in a warning.
 MAX_QUOTED = 500
+#: How long after scancel returns this launcher still waits for its own SIGTERM (Slurm
+#: signals the step's tasks while, or just after, it answers scancel; tens of ms here).
+ECHO_WAIT_S = 2.0
 
 
 def step_end_for(
@@ -79,8 +82,10 @@ class StepEnd:
         self.pid = 0
         self.output_fd = -1
         self.started = 0.0
-        #: Whether this launcher still expects the SIGTERM its own request sends it.
+        #: Whether this launcher still expects the SIGTERM its own request sends it, and
+        #: until when it waits for it once scancel has returned.
         self.expecting_echo = False
+        self.echo_deadline: Optional[float] = None
         self.requested = False
 
     # ------------------------------------------------------------------ the failing node
@@ -140,6 +145,7 @@ class StepEnd:
         os.close(self.output_fd)
         self.output_fd = -1
         seconds = time.monotonic() - self.started
+        self.echo_deadline = time.monotonic() + ECHO_WAIT_S
         if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             self.reporter.debug(f"scancel of step {self.step} done in {seconds * 1000:.0f} ms")
             return
@@ -154,6 +160,14 @@ class StepEnd:
         # nodes has already finished, yet signals the nodes still running: quote, don't guess.
         said = " ".join(output.split())[:MAX_QUOTED]
         self.reporter.warning(f"scancel of step {self.step} {how}{': ' + said if said else ''}")
+
+    def echo_wait(self) -> Optional[float]:
+        """Seconds left to wait for our own SIGTERM once scancel has returned; None when it
+        came, is not expected, or the wait is over."""
+        if not self.expecting_echo or self.echo_deadline is None:
+            return None
+        left = self.echo_deadline - time.monotonic()
+        return left if left > 0 else None
 
     def is_echo(self, sig: int) -> bool:
         """True, once, for the SIGTERM this launcher's own request sends to its own task."""

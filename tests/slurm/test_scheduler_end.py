@@ -151,6 +151,8 @@ def test_a_failure_on_the_middle_node_ends_every_node(
         failures[0]
     )
     assert f"rank 3 failed: asking Slurm to end step {step.step} on every node" in step.output
+    # Its launcher exits with the worker's code, not killed by its own request's SIGTERM.
+    assert f"{node}: task 1: Exited with exit code 3" in step.output
     # The two other launchers say who ended them, not that their own workers failed.
     assert step.output.count(f"got SIGTERM (Slurm is ending step {step.step}") == 2, step.output
     assert wait_gone(step.pids()) == []
