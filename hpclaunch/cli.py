@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(proc, "--no_stack_dumps", action="store_true",
           help="no stack-dump handler in the workers (SIGQUIT and a stall then report "
           "process states only)")
+    _flag(proc, "--no_scheduler_end", action="store_true",
+          help="when a worker here fails, do not ask Slurm to end the job step on every "
+          "node (for steps whose tasks are meant to outlive each other)")
     _flag(proc, "--dry_run", action="store_true", help="print the plan as JSON and exit")
     logs = parser.add_argument_group("logging")
     _flag(logs, "--enable_each_rank_log", default=None,
@@ -312,6 +315,7 @@ def _invocation(
         numa_binding=args.numa_binding,
         stall_timeout=args.stall_timeout,
         stack_dumps=not args.no_stack_dumps,
+        scheduler_end=not args.no_scheduler_end,
     )
     launch.check()  # before the world: under MPI a bad value must not cost an allgather
     elastic = None

@@ -3,7 +3,8 @@
 * :class:`WorldOptions` -- which world: the adapter and the flags that shape a World;
 * :class:`OutputOptions` -- where workers' output goes: per-rank logs, prefixes, the filter;
 * :class:`LaunchOptions` -- how workers are started and stopped: cores, NUMA, PID file,
-  the SIGTERM -> SIGKILL wait, the stall timeout and stack dumps;
+  the SIGTERM -> SIGKILL wait, the stall timeout and stack dumps, whether a failure here
+  ends the job on every node;
 * :class:`ElasticOptions` -- elastic mode's bounds, restarts and rendezvous settings.
 
 Each group's ``check`` holds every refusal of its values, with the flag's name in the
@@ -119,6 +120,9 @@ class LaunchOptions(NamedTuple):
     #: False (``--no_stack_dumps``): no dump handler in the workers, no tracer permission,
     #: no py-spy; SIGQUIT and a stall then report the processes' states only.
     stack_dumps: bool = True
+    #: When a worker here fails, ask the scheduler that started the launchers to end the job
+    #: on every node (Slurm: the step); ``--no_scheduler_end`` turns it off.
+    scheduler_end: bool = True
 
     def check(self) -> None:
         timeout = self.kill_timeout
@@ -137,6 +141,11 @@ class LaunchOptions(NamedTuple):
         check_stall_timeout(self.stall_timeout)
         if not isinstance(self.stack_dumps, bool):
             raise UsageError(f"stack_dumps {self.stack_dumps!r}: give True or False")
+        if not isinstance(self.scheduler_end, bool):
+            raise UsageError(
+                f"scheduler_end={self.scheduler_end!r}: give True or False "
+                "(False is --no_scheduler_end)"
+            )
         if self.bind_cores is not None:
             if len(set(self.bind_cores)) != len(self.bind_cores):
                 raise UsageError("--bind_core_list lists a core twice: list each core once")

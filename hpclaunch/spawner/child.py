@@ -21,7 +21,13 @@ import fcntl
 import os
 import signal
 from functools import cache
-from typing import Any, Mapping, Optional, Sequence
+
+#: typing only for the type checker: elastic workers load this file in a bare ``python -I
+#: -S`` at every start of every round, where importing typing (re, enum, collections)
+#: would be most of the shim's own cost.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Optional, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36

@@ -20,7 +20,18 @@ import os
 import selectors
 import signal
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Set
+from typing import (
+    TYPE_CHECKING,
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Sequence,
+    Set,
+)
 
 from hpclaunch.machine.oom import OomWatch
 from hpclaunch.reporter import DEBUG, Reporter
@@ -31,6 +42,9 @@ from hpclaunch.spawner.usage import NodeUsage, WorkerUsage, launcher_clock, sign
 
 if TYPE_CHECKING:
     from resource import struct_rusage
+
+if TYPE_CHECKING:
+    from hpclaunch.spawner.scheduler import StepEnd
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible
 #: sleep (D state, e.g. a hung NCCL/GPU call or NFS) cannot be reaped by SIGKILL; waiting
@@ -81,6 +95,13 @@ class TreeSupervisor:
         #: What the workers used, and (node rank, host) for the line that says it.
         self.usage = NodeUsage()
         self.node = (0, "")
+        #: Processes the launcher runs for itself (a ``scancel``), each with what to call
+        #: with its wait status when it exits (None: given up on): waited for, but never a
+        #: worker's leftover, so the teardown never signals them.
+        self.own: Dict[int, Callable[[Optional[int]], None]] = {}
+        #: Under a scheduler that can end the job on every node: how (see
+        #: :mod:`hpclaunch.spawner.scheduler`); subclasses set it.
+        self.step_end: Optional[StepEnd] = None
         self.selector = selectors.DefaultSelector()
         self.selector.register(inbox.read_fd, selectors.EVENT_READ, None)
 
@@ -205,6 +226,8 @@ class TreeSupervisor:
                 else:
                     self.events.emit("signal", signal=name, action="ignored: tearing down")
             elif sig in FATAL_SIGNALS:
+                if self.step_end is not None and self.step_end.is_echo(sig):
+                    continue  # our own request to end the step reached this task too
                 if self.phase == self.RUNNING:
                     self.events.emit("signal", signal=name, action="teardown",
                                      workers=self.worker_count())
@@ -237,6 +260,9 @@ class TreeSupervisor:
             if pid in self.helpers:
                 self.helpers = self.helpers - {pid}
                 continue
+            if pid in self.own:
+                self.own.pop(pid)(status)
+                continue
             self.on_child_exit(pid, status, usage)
 
     def adopt_helper(self, pid: int) -> None:
@@ -250,7 +276,7 @@ class TreeSupervisor:
 
     def descendants(self) -> List[int]:
         """Every process the workers started that is still here (our helpers left out)."""
-        return tree.descendants(self.me, self.helpers)
+        return tree.descendants(self.me, self.helpers.union(self.own))
 
     def signal_strays(self, sig: int, already: AbstractSet[int] = frozenset()) -> List[int]:
         """Send ``sig`` to every descendant outside the process groups in ``already``."""
@@ -304,14 +330,51 @@ class TreeSupervisor:
         if self.killed:
             self.reporter.warning(f"killed {len(self.killed)} process(es) that outlived SIGTERM")
 
+    def give_up(self) -> None:
+        """The wait after SIGKILL is over: stop waiting for anything still here."""
+        for pid, done in list(self.own.items()):  # a scancel stuck on a dead controller
+            tree.send(pid, signal.SIGKILL)
+            done(None)
+        self.own.clear()
+        if self.descendants():
+            self.reporter.warning(
+                "some processes did not die after SIGKILL (uninterruptible sleep?); giving "
+                "up on them"
+            )
+
+    # ------------------------------------------------------------------ the end of the job
+
+    def end_step(self, failed_rank: Optional[int]) -> None:
+        """A worker here failed for good (our teardown has begun): ask the scheduler that
+        started the launchers to end the job on every node, where it can."""
+        if self.step_end is None:
+            return
+        pid = self.step_end.request(failed_rank)
+        if pid is not None:
+            self.own[pid] = self.step_end.finished
+            self.no_children = False
+
+    def done(self) -> bool:
+        """:meth:`finished`, and no SIGTERM of our own request to end the step still on its
+        way: Slurm may deliver it after scancel returns, and after the loop it would find
+        this process without its handlers (the default action: death, exit 143)."""
+        if not self.finished():
+            return False
+        return self.step_end is None or self.step_end.echo_wait() is None
+
+    def ended_by(self, sig: int) -> str:
+        """Who sent a fatal signal, for the "got SIGTERM" line (under Slurm: the step's end)."""
+        return self.step_end.ended(sig) if self.step_end is not None else ""
+
     def loop(self) -> None:
         try:
             self.reap()
-            while not self.finished():
+            while not self.done():
                 timeout = None
                 if self.phase != self.RUNNING:
                     timeout = max(0.0, self.deadline - time.monotonic())
-                for wake in (self.wake_timeout(), self.events.next_timeout()):
+                echo = self.step_end.echo_wait() if self.step_end is not None else None
+                for wake in (self.wake_timeout(), self.events.next_timeout(), echo):
                     if wake is not None and (timeout is None or wake < timeout):
                         timeout = wake
                 for key, _ in self.selector.select(timeout):
@@ -320,16 +383,13 @@ class TreeSupervisor:
                 self.on_wake()
                 self.events.on_wake(self.progress)
                 self.handle_signals(self.inbox.drain())
-                if self.finished():
+                if self.done():
                     break
                 if self.phase != self.RUNNING and time.monotonic() >= self.deadline:
                     if self.phase == self.TERMINATING:
                         self.begin_kill()
                     else:
-                        self.reporter.warning(
-                            "some processes did not die after SIGKILL (uninterruptible "
-                            "sleep?); giving up on them"
-                        )
+                        self.give_up()
                         return
         finally:
             self.close()

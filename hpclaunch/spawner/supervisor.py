@@ -30,6 +30,7 @@ from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.scheduler import step_end_for
 from hpclaunch.spawner.usage import NodeUsage, cpu_and_peak
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class Supervisor(TreeSupervisor):
         #: SIGUSR1/2 that arrived before every worker was running: sent once all are.
         self.deferred: List[int] = []
         self.failure: Optional[WorkerFailure] = None
+        self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)
@@ -296,7 +298,10 @@ class Supervisor(TreeSupervisor):
     def on_fatal(self, sig: int) -> None:
         if self.failure is None:
             self.fatal_signal = sig
-        self.reporter.info(f"got {signal.Signals(sig).name}: stopping {len(self.live)} worker(s)")
+        self.reporter.info(
+            f"got {signal.Signals(sig).name}{self.ended_by(sig)}: stopping {len(self.live)} "
+            "worker(s)"
+        )
 
     def on_dump_request(self) -> None:
         self.hang.on_sigquit()
@@ -351,6 +356,7 @@ class Supervisor(TreeSupervisor):
         self.reporter.info(f"{self.failure.describe()}: stopping the other workers")
         self.note_teardown("worker_failed", rank=spec.rank, status=end.status)
         self.begin_terminate()
+        self.end_step(spec.rank)
 
     def check_all_done(self) -> None:
         """Every planned rank started and none is left: stop what the workers left running.

@@ -27,7 +27,7 @@ from hpclaunch.model.elastic import (
 from hpclaunch.model.plan import Command, build_plan, log_file_name, worker_argv
 from hpclaunch.model.world import Host, World
 from hpclaunch.options import ElasticOptions, OutputOptions
-from hpclaunch.spawner.elastic.agent import WORKER_SHIM
+from hpclaunch.spawner.elastic.agent import WORKER_SHIM, shim_argument
 
 
 def world(nodes: int = 3, node_rank: int = 0, addr: str = "10.1.2.3") -> World:
@@ -135,7 +135,7 @@ def run_shim(
               "('CROSS_RANK', 'CROSS_SIZE', 'LOCAL_SIZE', 'FIXED')} | "
               "{'cpus': sorted(os.sched_getaffinity(0)), 'argv': sys.argv[1:]}))")
     return subprocess.run(
-        [sys.executable, "-I", "-S", WORKER_SHIM, json.dumps(config), "--",
+        [sys.executable, "-I", "-S", WORKER_SHIM, shim_argument(config), "--",
          *(command or [sys.executable, "-c", script, "$x"])],
         env=env, capture_output=True, text=True, timeout=30,
     )

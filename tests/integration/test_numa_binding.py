@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from hpclaunch.spawner.elastic.agent import WORKER_SHIM
+from hpclaunch.spawner.elastic.agent import WORKER_SHIM, shim_argument
 from tests.conftest import BIN, free_port, require, run_launcher
 
 PROBE = str(BIN / "numa_probe.py")
@@ -125,7 +125,7 @@ def test_elastic_worker_shim_prefers_the_node_after_exec(tmp_path: Path) -> None
               "log_path": None}
     (tmp_path / "out").mkdir()
     result = subprocess.run(
-        [sys.executable, "-I", "-S", WORKER_SHIM, json.dumps(config), "--",
+        [sys.executable, "-I", "-S", WORKER_SHIM, shim_argument(config), "--",
          sys.executable, PROBE, "--out", str(tmp_path / "out")],
         env=dict(os.environ, RANK="0", LOCAL_RANK="0"), capture_output=True, text=True,
         timeout=30)

@@ -10,6 +10,7 @@ The agent reports its result to the launcher as one JSON line on a pipe.
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import os
 import signal
@@ -20,6 +21,7 @@ from hpclaunch.model.elastic import AGENT_VARS, DERIVED_VARS, ElasticSetup
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import ERROR, Reporter
 from hpclaunch.spawner import child, tree
+from hpclaunch.spawner.elastic.finish import close_when_finished
 from hpclaunch.spawner.inbox import (
     DUMP_SIGNALS,
     FORWARDED_SIGNALS,
@@ -41,7 +43,7 @@ def shutdown_timeout(kill_timeout: float) -> int:
 
 
 def worker_config(plan: LaunchPlan, agent_pid: int, run: AgentRun) -> str:
-    """worker.py's JSON: per local rank the plan's fixed variables (and the launcher's stack
+    """worker.py's config: per local rank the plan's fixed variables (and the launcher's stack
     dump and heartbeat ones), cores and memory node, the per-rank log's name around the rank
     (known only after each rendezvous), who may ptrace the worker, and the launcher's socket
     each worker says hello to (:mod:`hpclaunch.spawner.elastic.watch`)."""
@@ -56,7 +58,18 @@ def worker_config(plan: LaunchPlan, agent_pid: int, run: AgentRun) -> str:
                               "log_path": plan.log_path_parts(), "tracer": run.tracer}
     if run.notify:
         config["notify"] = run.notify
-    return json.dumps(config, separators=(",", ":"))
+    return shim_argument(config)
+
+
+def shim_argument(config: Mapping[str, Any]) -> str:
+    """worker.py's CONFIG argument: ``config`` marshalled and hex-encoded.
+
+    marshal, not JSON: the shim runs this very interpreter (``sys.executable``), so the
+    format matches, and marshal is built in, where importing json (re, enum, its C scanner)
+    was most of the shim's own start-up, paid by every worker of every round. Hex: argv is
+    text, and has no ``$`` for the agent's template pass.
+    """
+    return marshal.dumps(dict(config)).hex()
 
 
 class AgentRun(NamedTuple):
@@ -156,6 +169,7 @@ def _agent_main(plan: LaunchPlan, run: AgentRun, result_fd: int, voice: Reporter
         role=setup.role,
         local_addr=setup.local_addr,
     )
+    close_when_finished(config, voice)  # a finished node never leaves a restart waiting
     # Every argument goes through the agent's ``string.Template`` pass: escape our ``$``s.
     shim_config = worker_config(plan, os.getpid(), run).replace("$", "$$")
     args = ["-I", "-S", WORKER_SHIM.replace("$", "$$"), shim_config, "--", *setup.argv]

@@ -30,6 +30,7 @@ import os
 import selectors
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.errors import UsageError
@@ -51,6 +52,7 @@ from hpclaunch.spawner.hang import STALL_EXIT_STATUS, HangWatch, WatchFiles
 from hpclaunch.spawner.inbox import FATAL_SIGNALS, SignalInbox
 from hpclaunch.spawner.loop import TreeSupervisor
 from hpclaunch.spawner.report import Outcome, WorkerFailure
+from hpclaunch.spawner.scheduler import step_end_for
 from hpclaunch.spawner.stacks import DumpTarget
 from hpclaunch.spawner.usage import WorkerUsage
 
@@ -100,6 +102,7 @@ class _ElasticSupervisor(TreeSupervisor):
         self.agent_status: Optional[int] = None
         self.result: Dict[str, Any] = {}
         self.buffer = b""
+        self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
         self.selector.register(result_fd, selectors.EVENT_READ, self.on_result_readable)
         self.node = (plan.world.node_rank, plan.host)
         self.watch = WorkerWatch(self, hellos, agent) if hellos is not None else None
@@ -155,7 +158,8 @@ class _ElasticSupervisor(TreeSupervisor):
     def on_fatal(self, sig: int) -> None:
         self.fatal_signal = sig
         self.reporter.info(
-            f"got {signal.Signals(sig).name}: stopping the elastic agent and its workers"
+            f"got {signal.Signals(sig).name}{self.ended_by(sig)}: stopping the elastic agent "
+            "and its workers"
         )
 
     def after_signals(self) -> None:
@@ -201,6 +205,15 @@ class _ElasticSupervisor(TreeSupervisor):
                 self.result = json.loads(line)
             except ValueError:
                 self.result = {"kind": "error", "message": line.decode(errors="replace")}
+            self.on_result()
+
+    def on_result(self) -> None:
+        """The agent gave up (restarts used up, or the rendezvous cannot go on): the other
+        nodes cannot go on without this one, so the job ends on every node."""
+        kind = self.result.get("kind")
+        if kind in ("failed", "error") and self.fatal_signal is None:
+            rank = self.result.get("rank")
+            self.end_step(int(rank) if kind == "failed" and rank is not None else None)
 
     def on_agent_exit(self) -> None:
         """The agent is gone, so are its workers; what they left behind (we adopted it) goes."""
@@ -227,7 +240,11 @@ class _ElasticSupervisor(TreeSupervisor):
         a dead worker, or it would count a failure and start a new attempt.
         """
         if self.agent_status is None:
+            idle = not self.workers()
             self.start_clock(extra=AGENT_GRACE_SECONDS)
+            if idle:  # no worker to stop, only the agent's own wait (rendezvous, exit barrier,
+                # which torch waits in C++ and no signal interrupts): no --kill_timeout grace
+                self.deadline = time.monotonic() + AGENT_GRACE_SECONDS
             tree.send(self.agent, signal.SIGTERM)
             self.note_sent(signal.SIGTERM, "elastic agent", [self.agent])
         else:
@@ -252,7 +269,8 @@ class _ElasticSupervisor(TreeSupervisor):
                 "check --master_addr/--master_port and that node 0's hpclaunch runs"
             ),
             "RendezvousClosedError": (
-                f"the rendezvous at {endpoint} is closed: the job already ended on another node"
+                f"the rendezvous at {endpoint} is closed: the job already ended on another "
+                "node, or another node's workers had finished, so no new round can form"
             ),
         }
         text = f"{kind}: {message}" if kind and message else kind or message

@@ -18,15 +18,20 @@ agent's bookkeeping, signals and exit codes are untouched):
 
 The setup itself is :func:`hpclaunch.spawner.child.become_worker`, the function static
 workers run in the launcher's forked child. It is run as ``python -I -S worker.py CONFIG --
-argv...``: standard library only, no site-packages, no hpclaunch package import (the child
-module is loaded by path), so it costs a few milliseconds per worker start.
+argv...`` (CONFIG: :func:`hpclaunch.spawner.elastic.agent.shim_argument`): standard library
+only, no site-packages, no hpclaunch package import (the child module is loaded by path), so
+it costs a few milliseconds per worker start.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import sys
-from typing import Any, Dict, List, Optional
+
+TYPE_CHECKING = False  # typing only for the type checker: see the cost note in main()
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
 
 #: Variables hpclaunch derives from the agent's: contract name -> torch name.
 DERIVED = {"CROSS_RANK": "GROUP_RANK", "CROSS_SIZE": "GROUP_WORLD_SIZE",
@@ -73,11 +78,12 @@ def load_child() -> Dict[str, Any]:
 
 
 def main(argv: List[str]) -> None:
-    import json
-
+    """Every worker of every round runs this before its own interpreter starts, so what it
+    imports is paid at each restart: the config is marshalled, not JSON (json's import, with
+    re and enum, and typing's were most of the shim's own time)."""
     if len(argv) < 3 or argv[1] != "--":
         _fail("usage: worker.py CONFIG -- command [args...]", 2)
-    config = json.loads(argv[0])
+    config = marshal.loads(bytes.fromhex(argv[0]))
     command = argv[2:]
     env: Dict[str, str] = dict(os.environ)
     for name, source in DERIVED.items():
