@@ -14,6 +14,11 @@ Start-up, paid by every launch:
   OpenSSL (memory of every explicit-mode launcher, for one digest);
 * :func:`which` and :func:`terminal_columns` -- instead of ``shutil.which`` and
   ``shutil.get_terminal_size``: ``shutil`` imports ``bz2`` and ``lzma``;
+* :data:`csignal` -- the C module ``_signal`` for the signal mask and dispositions around
+  each worker's fork, instead of ``signal``'s wrappers, whose enum conversions are paid
+  twice per worker in the launcher and again in every child before exec (256 workers:
+  milliseconds; the children's own copy is in ``spawner/child.py``, which imports no
+  hpclaunch module);
 * :func:`entry_points` -- reads ``entry_points.txt`` files instead of ``importlib.metadata``,
   which costs tens of milliseconds to list one group, on every launch that looks for
   plug-ins.
@@ -30,6 +35,7 @@ Big worlds, paid once per launch, by how many ranks the world has:
 
 from __future__ import annotations
 
+import _signal as csignal
 import _socket as csocket
 import contextlib
 import gc
@@ -40,6 +46,7 @@ import sys
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
+    "csignal",
     "csocket",
     "entry_points",
     "gc_paused",

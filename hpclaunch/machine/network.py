@@ -61,7 +61,9 @@ def bind_error(addr: str, port: int) -> Optional[str]:
 
     Binds with ``SO_REUSEADDR``, as torch's store does, so only a listener makes it fail,
     not a connection in TIME_WAIT; and, when the address is ours, on the wildcard too:
-    torch's store listens on every address.
+    torch's store listens on every address. A bind can also fail for a moment because
+    another launcher on this machine is probing the same port (the local adapter's free-port
+    test): the kernel's socket table then decides, and only a socket in LISTEN counts.
     """
     try:
         infos = csocket.getaddrinfo(_host_bytes(addr), port, 0, csocket.SOCK_STREAM)
@@ -71,11 +73,33 @@ def bind_error(addr: str, port: int) -> Optional[str]:
         why = _bind(family, kind, proto, sockaddr)
         if why == "not ours":
             continue  # EADDRNOTAVAIL: the master is another host
-        if why is not None:
-            return why
-        wildcard = "::" if family == csocket.AF_INET6 else "0.0.0.0"
-        return _bind(family, kind, proto, (wildcard, port), ours=True)
+        if why is None:
+            wildcard = "::" if family == csocket.AF_INET6 else "0.0.0.0"
+            why = _bind(family, kind, proto, (wildcard, port), ours=True)
+        return why if why is None or listening(port) is not False else None
     return None
+
+
+#: The kernel's TCP socket tables; state ``0A`` is LISTEN.
+PROC_NET_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+
+
+def listening(port: int) -> Optional[bool]:
+    """Whether a socket of this network namespace listens on ``port`` (None: cannot tell)."""
+    wanted = f":{port:04X}"
+    seen = False
+    for path in PROC_NET_TCP:
+        try:
+            with open(path, "rb") as table:
+                lines = table.read().decode("ascii", "replace").splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and fields[1].endswith(wanted):
+                return True
+    return False if seen else None
 
 
 def _host_bytes(name: str) -> Any:

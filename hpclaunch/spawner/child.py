@@ -17,6 +17,7 @@ would turn a full node into an OOM kill of the rank. There is no glibc wrapper f
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
 import signal
@@ -40,6 +41,7 @@ MAX_FD = 1 << 30
 #: Python ignores these at start-up and an ignored disposition survives exec: without a
 #: reset a worker (or a shell pipeline inside it) would never die of a broken pipe.
 RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_RESTORED_NUMBERS = tuple(int(sig) for sig in RESTORED_SIGNALS)
 
 #: set_mempolicy(2) by machine: x86_64 and the generic table (aarch64, riscv64, loongarch64)
 SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "arm64": 237, "riscv64": 237,
@@ -117,8 +119,8 @@ def become_worker(
         if keep_fd > 3:
             os.closerange(3, keep_fd)
         os.closerange(max(3, keep_fd + 1), MAX_FD)
-    for sig in RESTORED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in _RESTORED_NUMBERS:
+        _signal.signal(sig, 0)  # SIG_DFL, through the C module: no enum work before exec
     os.execve(argv[0], list(argv), env)
 
 

@@ -18,6 +18,7 @@ import os
 import signal
 from typing import AbstractSet, Iterable, List, Optional, Sequence, Tuple
 
+from hpclaunch.fast import csignal
 from hpclaunch.hold import Held, hold
 
 FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -26,6 +27,10 @@ FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 DUMP_SIGNALS = (signal.SIGQUIT,)
 #: The same as :data:`hpclaunch.hold.HELD_SIGNALS` (which cannot use ``signal``'s enums).
 HANDLED_SIGNALS = FATAL_SIGNALS + FORWARDED_SIGNALS + DUMP_SIGNALS + (signal.SIGCHLD,)
+#: The same as plain numbers, and the constants, for :data:`hpclaunch.fast.csignal`.
+_HANDLED_NUMBERS = tuple(int(sig) for sig in HANDLED_SIGNALS)
+_SIG_DFL, _SIG_BLOCK, _SIG_SETMASK = (
+    int(signal.SIG_DFL), int(signal.SIG_BLOCK), int(signal.SIG_SETMASK))
 
 
 class SignalInbox:
@@ -77,14 +82,14 @@ def reset_in_child() -> None:
     """In a forked child before exec: default dispositions, no wakeup fd of the parent's.
     (SIGPIPE and SIGXFSZ, which Python ignores, are :func:`~hpclaunch.spawner.child.
     become_worker`'s to restore.)"""
-    signal.set_wakeup_fd(-1)
-    for sig in HANDLED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+    csignal.set_wakeup_fd(-1)
+    for sig in _HANDLED_NUMBERS:
+        csignal.signal(sig, _SIG_DFL)
 
 
 def set_mask(mask: Iterable[int]) -> None:
     """Restore a signal mask returned by :func:`fork_with_signals_blocked`."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    csignal.pthread_sigmask(_SIG_SETMASK, mask)
 
 
 def fork_with_signals_blocked(
@@ -96,7 +101,7 @@ def fork_with_signals_blocked(
     the child and write to the launcher's wakeup fd. The parent restores the old mask; the
     child calls :func:`reset_in_child` and then restores it.
     """
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    old_mask = csignal.pthread_sigmask(_SIG_BLOCK, _HANDLED_NUMBERS)
     try:
         pid = os.fork()
     except BaseException:

@@ -30,7 +30,6 @@ from hpclaunch.spawner.output import wiring
 from hpclaunch.spawner.output.console import Console
 from hpclaunch.spawner.output.relay import OutputRelay
 from hpclaunch.spawner.report import Outcome, WorkerFailure
-from hpclaunch.spawner.scheduler import step_end_for
 from hpclaunch.spawner.usage import NodeUsage, cpu_and_peak
 
 if TYPE_CHECKING:
@@ -147,7 +146,10 @@ class Supervisor(TreeSupervisor):
         #: SIGUSR1/2 that arrived before every worker was running: sent once all are.
         self.deferred: List[int] = []
         self.failure: Optional[WorkerFailure] = None
-        self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
+        if plan.world.source == "slurm":  # the only scheduler that can end the job here
+            from hpclaunch.spawner.scheduler import step_end_for
+
+            self.step_end = step_end_for(plan.world, plan.launch, reporter, events)
         self.console = console
         self.console.attach(self.selector)
         self.relay = OutputRelay(self.selector, self.console)

@@ -21,6 +21,8 @@ HEAVY = ("torch", "mpi4py", "psutil", "dataclasses", "inspect", "importlib.metad
          "hpclaunch.adapters.slurm", "hpclaunch.adapters.mpi", "hpclaunch.model.hostlist",
          # Only for --dry-run/--help/--version, or with per-rank logs.
          "hpclaunch.stdout", "hpclaunch.spawner.output.ranklog",
+         # Ending a Slurm step on every node: only under Slurm.
+         "hpclaunch.spawner.scheduler",
          # Taking stacks and watching for stalls: imported at a dump or with --stall_timeout.
          "hpclaunch.spawner.stacks", "hpclaunch.spawner.stall", "faulthandler")
 

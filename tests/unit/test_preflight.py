@@ -39,3 +39,20 @@ def test_node_zero_checks_a_local_master_port_whatever_the_adapter() -> None:
     assert plan.adapter == "local" and preflight.hosts_master(plan)
     remote = plan._replace(world=plan.world._replace(master_addr="node-zero.invalid"))
     assert not preflight.hosts_master(remote)
+
+
+def test_a_port_only_bound_for_a_moment_is_not_in_use() -> None:
+    """Another launcher's free-port probe (bound, never listening) is no reason to refuse:
+    only a listener is (500 back-to-back local launches once tripped over each other)."""
+    import socket
+
+    from hpclaunch.machine import network
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        assert network.listening(port) is False
+        assert network.bind_error("127.0.0.1", port) is None
+        probe.listen()
+        assert network.listening(port) is True
+        assert network.bind_error("127.0.0.1", port) is not None
