@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Optional, Protocol, Tuple
 
 from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
 from hpclaunch.errors import AdapterError
-from hpclaunch.model.world import World
+from hpclaunch.model.world import World, is_decimal
 from hpclaunch.options import WorldOptions as WorldOptions  # what adapters are given
 
 
@@ -111,6 +111,30 @@ def node_slots(
     if gpus and nproc_per_node <= len(gpus):
         return gpus[:nproc_per_node], gpu_ids_usable
     return tuple(range(nproc_per_node)), False
+
+
+#: Derived master ports lie in [PORT_BASE, PORT_BASE + PORT_SPAN): unprivileged and below
+#: Linux's default ephemeral range (32768-60999), where a client socket could hold them.
+PORT_BASE = 15000
+PORT_SPAN = 16384
+#: Steps of one job get consecutive ports; a job's block is this wide, so consecutive jobs
+#: (the ones likely to share a node) do not collide unless one has this many live steps.
+PORT_STEPS_PER_JOB = 16
+
+
+def derive_master_port(job_id: int, step_slot: int) -> int:
+    """The port every node of step ``step_slot`` of job ``job_id`` computes alike."""
+    return PORT_BASE + (job_id * PORT_STEPS_PER_JOB + step_slot % PORT_STEPS_PER_JOB) % PORT_SPAN
+
+
+def optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    """``env[name]`` as a non-negative integer, None when unset; garbage refused by name."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not is_decimal(value):
+        raise AdapterError(f"{name}={value!r} is not a non-negative integer")
+    return int(value)
 
 
 #: What every adapter must have; the rest of the protocol has :class:`BaseAdapter`'s defaults.

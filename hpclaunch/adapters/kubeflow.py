@@ -28,10 +28,10 @@ from __future__ import annotations
 from typing import Mapping, Tuple
 
 from hpclaunch.adapters import kubeflow_pod
+from hpclaunch.adapters.base import optional_int
 from hpclaunch.adapters.torchrun import (
     StaticSettings,
     TorchrunAdapter,
-    optional_int,
     read_static,
     static_world,
 )

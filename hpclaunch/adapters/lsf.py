@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Mapping, Tuple
 
 from hpclaunch.adapters import lsf_job
-from hpclaunch.adapters.base import BaseAdapter, without_mpi_identity
+from hpclaunch.adapters.base import BaseAdapter, derive_master_port, without_mpi_identity
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
@@ -35,7 +35,6 @@ from hpclaunch.adapters.hostfile import (
     shown,
     slot_counts,
 )
-from hpclaunch.adapters.slurm import derive_master_port
 from hpclaunch.errors import AdapterError
 from hpclaunch.machine import gpus as machine_gpus
 from hpclaunch.machine import network

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Callable, List, Mapping, Tuple
 
 from hpclaunch.adapters import pbs_job
-from hpclaunch.adapters.base import BaseAdapter
+from hpclaunch.adapters.base import BaseAdapter, derive_master_port, optional_int
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
@@ -37,8 +37,6 @@ from hpclaunch.adapters.hostfile import (
     shown,
     slot_counts,
 )
-from hpclaunch.adapters.slurm import derive_master_port
-from hpclaunch.adapters.torchrun import optional_int
 from hpclaunch.errors import AdapterError
 from hpclaunch.machine import gpus as machine_gpus
 from hpclaunch.machine import network

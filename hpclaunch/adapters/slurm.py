@@ -30,31 +30,25 @@ from __future__ import annotations
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from hpclaunch.adapters import slurm_job
-from hpclaunch.adapters.base import BaseAdapter, node_slots
+from hpclaunch.adapters.base import (
+    PORT_STEPS_PER_JOB,
+    BaseAdapter,
+    derive_master_port,
+    node_slots,
+    optional_int,
+)
 from hpclaunch.errors import AdapterError, HostlistError
 from hpclaunch.machine import gpus as machine_gpus
 from hpclaunch.model.hostlist import expand_hostlist, parse_counts
 from hpclaunch.model.world import Host, World, is_decimal
 from hpclaunch.options import WorldOptions
 
-#: Derived master ports lie in [PORT_BASE, PORT_BASE + PORT_SPAN): unprivileged and below
-#: Linux's default ephemeral range (32768-60999), where a client socket could hold them.
-PORT_BASE = 15000
-PORT_SPAN = 16384
-#: Steps of one job get consecutive ports; a job's block is this wide, so consecutive jobs
-#: (the ones likely to share a node) do not collide unless one has this many live steps.
-PORT_STEPS_PER_JOB = 16
 #: The sbatch shell has no step id; it takes the last slot of its job's block.
 BATCH_STEP_SLOT = PORT_STEPS_PER_JOB - 1
 
 _SRUN_HINT = "srun --ntasks-per-node=1 hpclaunch ..."
 
 GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
-
-
-def derive_master_port(job_id: int, step_slot: int) -> int:
-    """The port every node of step ``step_slot`` of job ``job_id`` computes alike."""
-    return PORT_BASE + (job_id * PORT_STEPS_PER_JOB + step_slot % PORT_STEPS_PER_JOB) % PORT_SPAN
 
 
 def _required(env: Mapping[str, str], name: str, why: str) -> str:
@@ -68,15 +62,6 @@ def _int_var(env: Mapping[str, str], name: str, why: str) -> int:
     value = _required(env, name, why)
     if not is_decimal(value):
         raise AdapterError(f"{name}={value!r} is not a non-negative integer: {why}")
-    return int(value)
-
-
-def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    if not is_decimal(value):
-        raise AdapterError(f"{name}={value!r} is not a non-negative integer")
     return int(value)
 
 
@@ -109,16 +94,16 @@ def step_nodes(env: Mapping[str, str]) -> List[str]:
     value = env.get("SLURM_STEP_NODELIST", "").strip()
     if value:
         hosts = _expand("SLURM_STEP_NODELIST", value)
-        expected = _optional_int(env, "SLURM_STEP_NUM_NODES")
+        expected = optional_int(env, "SLURM_STEP_NUM_NODES")
         if expected is not None and expected != len(hosts):
             raise AdapterError(
                 f"SLURM_STEP_NODELIST lists {len(hosts)} node(s) but SLURM_STEP_NUM_NODES="
                 f"{expected}: the Slurm environment is inconsistent (nested allocation?)"
             )
         return hosts
-    expected = _optional_int(env, "SLURM_STEP_NUM_NODES")
+    expected = optional_int(env, "SLURM_STEP_NUM_NODES")
     if expected is None:
-        expected = _optional_int(env, "SLURM_NNODES")
+        expected = optional_int(env, "SLURM_NNODES")
     for name in ("SLURM_JOB_NODELIST", "SLURM_NODELIST"):
         value = env.get(name, "").strip()
         if value:
@@ -138,7 +123,7 @@ def check_one_task_per_node(env: Mapping[str, str], num_nodes: int) -> None:
     only without it, because inside sbatch it keeps the *job's* value in every step (a
     ``srun -n1`` step of an ``--ntasks-per-node=4`` job still shows 4).
     """
-    localid = _optional_int(env, "SLURM_LOCALID")
+    localid = optional_int(env, "SLURM_LOCALID")
     per_node = env.get("SLURM_STEP_TASKS_PER_NODE", "").strip()
     source = "SLURM_STEP_TASKS_PER_NODE"
     if not per_node:
@@ -171,8 +156,8 @@ def check_mpi_launcher(env: Mapping[str, str], num_nodes: int) -> None:
         ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"),
         ("PMI_SIZE", "MPI_LOCALNRANKS"),
     ):
-        size = _optional_int(env, size_name)
-        local = _optional_int(env, local_name)
+        size = optional_int(env, size_name)
+        local = optional_int(env, local_name)
         if (size is not None and size != num_nodes) or (local is not None and local > 1):
             raise AdapterError(
                 f"an MPI launcher started {size if size is not None else '?'} hpclaunch "
@@ -306,7 +291,7 @@ class SlurmAdapter(BaseAdapter):
 
     def _shell_world(self, env: Mapping[str, str], options: WorldOptions, job_id: int) -> World:
         """An sbatch/salloc shell: only a one-node job on this very node can run from here."""
-        nodes = _optional_int(env, "SLURM_JOB_NUM_NODES") or _optional_int(env, "SLURM_NNODES")
+        nodes = optional_int(env, "SLURM_JOB_NUM_NODES") or optional_int(env, "SLURM_NNODES")
         node_list = env.get("SLURM_JOB_NODELIST", "").strip() or env.get("SLURM_NODELIST", "")
         if nodes is None and node_list.strip():
             nodes = len(_expand("SLURM_JOB_NODELIST", node_list))
@@ -354,4 +339,4 @@ class SlurmAdapter(BaseAdapter):
         )
 
 
-__all__ = ["SlurmAdapter", "derive_master_port", "step_nodes", "this_node_gpus"]
+__all__ = ["SlurmAdapter", "step_nodes", "this_node_gpus"]

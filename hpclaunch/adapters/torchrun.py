@@ -20,7 +20,7 @@ runs them.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Mapping, NamedTuple, Tuple
 
 from hpclaunch.adapters.base import BaseAdapter, node_slots
 from hpclaunch.errors import AdapterError
@@ -267,16 +267,6 @@ class TorchrunAdapter(BaseAdapter):
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         return static_world(read_static(env), env, options, self._hostname(), self._gpu_probe)
-
-
-def optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
-    """``env[name]`` as a non-negative integer, None when unset; garbage refused by name."""
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    if not is_decimal(value):
-        raise AdapterError(f"{name}={value!r} is not a non-negative integer")
-    return int(value)
 
 
 __all__ = [

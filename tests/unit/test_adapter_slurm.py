@@ -14,13 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpclaunch.adapters import select
-from hpclaunch.adapters.base import WorldOptions
-from hpclaunch.adapters.slurm import (
-    PORT_BASE,
-    PORT_SPAN,
-    SlurmAdapter,
-    derive_master_port,
-)
+from hpclaunch.adapters.base import PORT_BASE, PORT_SPAN, WorldOptions, derive_master_port
+from hpclaunch.adapters.slurm import SlurmAdapter
 from hpclaunch.errors import AdapterError, UsageError
 from hpclaunch.model.world import World
 
