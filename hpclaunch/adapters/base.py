@@ -16,10 +16,12 @@ sources do not need to change.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Protocol, Tuple
+from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from hpclaunch.adapters.mpi_identity import is_mpi_identity_var
 from hpclaunch.errors import AdapterError
+from hpclaunch.machine import gpus as machine_gpus
+from hpclaunch.machine import network
 from hpclaunch.model.world import World, is_decimal
 from hpclaunch.options import WorldOptions as WorldOptions  # what adapters are given
 
@@ -91,6 +93,19 @@ class BaseAdapter:
 
     def finish(self, exit_code: int) -> None:
         return None
+
+
+class MachineAdapter(BaseAdapter):
+    """A scheduler adapter that also asks this machine its host name (to find itself among
+    the job's hosts) and its visible GPUs; both are injectable, so tests give recorded ones."""
+
+    def __init__(
+        self,
+        hostname: Callable[[], str] = network.hostname,
+        gpu_probe: machine_gpus.GpuProbe = machine_gpus.visible_gpus,
+    ) -> None:
+        self._hostname = hostname
+        self._gpu_probe = gpu_probe
 
 
 def node_slots(

@@ -22,10 +22,10 @@ More than one hpclaunch per host, or a launcher count other than the host count,
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 from hpclaunch.adapters import lsf_job
-from hpclaunch.adapters.base import BaseAdapter, derive_master_port, without_mpi_identity
+from hpclaunch.adapters.base import MachineAdapter, derive_master_port, without_mpi_identity
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
@@ -36,12 +36,8 @@ from hpclaunch.adapters.hostfile import (
     slot_counts,
 )
 from hpclaunch.errors import AdapterError
-from hpclaunch.machine import gpus as machine_gpus
-from hpclaunch.machine import network
 from hpclaunch.model.world import World, is_decimal
 from hpclaunch.options import WorldOptions
-
-GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
 
 _HOW = "jsrun -r 1 -a 1 hpclaunch ..., or mpirun -npernode 1 hpclaunch ..."
 #: jsrun's per-task variables: jsrun started this launcher, on a system with a launch node.
@@ -69,18 +65,10 @@ def under_jsrun(env: Mapping[str, str]) -> bool:
     return any(env.get(name, "").strip() for name in JSM_VARS)
 
 
-class LSFAdapter(BaseAdapter):
+class LSFAdapter(MachineAdapter):
     """World from an LSF job: ``LSB_JOBID`` + ``LSB_MCPU_HOSTS`` or ``LSB_DJOB_HOSTFILE``."""
 
     name = "lsf"
-
-    def __init__(
-        self,
-        hostname: Callable[[], str] = network.hostname,
-        gpu_probe: GpuProbe = machine_gpus.visible_gpus,
-    ) -> None:
-        self._hostname = hostname
-        self._gpu_probe = gpu_probe
 
     def detect(self, env: Mapping[str, str]) -> bool:
         return lsf_job(env)

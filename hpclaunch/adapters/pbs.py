@@ -24,10 +24,10 @@ than the job has hosts, is refused (one line naming the variable); the file is r
 
 from __future__ import annotations
 
-from typing import Callable, List, Mapping, Tuple
+from typing import List, Mapping
 
 from hpclaunch.adapters import pbs_job
-from hpclaunch.adapters.base import BaseAdapter, derive_master_port, optional_int
+from hpclaunch.adapters.base import MachineAdapter, derive_master_port, optional_int
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
@@ -38,12 +38,8 @@ from hpclaunch.adapters.hostfile import (
     slot_counts,
 )
 from hpclaunch.errors import AdapterError
-from hpclaunch.machine import gpus as machine_gpus
-from hpclaunch.machine import network
 from hpclaunch.model.world import World
 from hpclaunch.options import WorldOptions
-
-GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
 
 _HOW = "pbsdsh -u -- hpclaunch ..., mpiexec --ppn 1 hpclaunch ..., or mpirun -npernode 1"
 
@@ -60,18 +56,10 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-class PBSAdapter(BaseAdapter):
+class PBSAdapter(MachineAdapter):
     """World from a PBS Pro / OpenPBS job: ``PBS_JOBID`` + ``PBS_NODEFILE``."""
 
     name = "pbs"
-
-    def __init__(
-        self,
-        hostname: Callable[[], str] = network.hostname,
-        gpu_probe: GpuProbe = machine_gpus.visible_gpus,
-    ) -> None:
-        self._hostname = hostname
-        self._gpu_probe = gpu_probe
 
     def detect(self, env: Mapping[str, str]) -> bool:
         return pbs_job(env)

@@ -27,7 +27,7 @@ one-node job runs on this node with the job's GPUs; anything else is refused wit
 
 from __future__ import annotations
 
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from hpclaunch.adapters import slurm_job
 from hpclaunch.adapters.base import (
@@ -48,7 +48,6 @@ BATCH_STEP_SLOT = PORT_STEPS_PER_JOB - 1
 
 _SRUN_HINT = "srun --ntasks-per-node=1 hpclaunch ..."
 
-GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
 
 
 def _required(env: Mapping[str, str], name: str, why: str) -> str:
@@ -166,7 +165,9 @@ def check_mpi_launcher(env: Mapping[str, str], num_nodes: int) -> None:
             )
 
 
-def this_node_gpus(env: Mapping[str, str], gpu_probe: GpuProbe) -> Tuple[Tuple[int, ...], bool]:
+def this_node_gpus(
+    env: Mapping[str, str], gpu_probe: machine_gpus.GpuProbe
+) -> Tuple[Tuple[int, ...], bool]:
     """GPU ids Slurm gave this step on this node, and whether they are ids to pass on.
 
     ``CUDA_VISIBLE_DEVICES`` first: it is what CUDA will honour (relative ids under device
@@ -246,7 +247,7 @@ class SlurmAdapter(BaseAdapter):
 
     name = "slurm"
 
-    def __init__(self, gpu_probe: GpuProbe = machine_gpus.visible_gpus) -> None:
+    def __init__(self, gpu_probe: machine_gpus.GpuProbe = machine_gpus.visible_gpus) -> None:
         self._gpu_probe = gpu_probe
 
     def detect(self, env: Mapping[str, str]) -> bool:

@@ -20,16 +20,13 @@ runs them.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, NamedTuple, Tuple
+from typing import Mapping, NamedTuple, Tuple
 
-from hpclaunch.adapters.base import BaseAdapter, node_slots
+from hpclaunch.adapters.base import MachineAdapter, node_slots
 from hpclaunch.errors import AdapterError
 from hpclaunch.machine import gpus as machine_gpus
-from hpclaunch.machine import network
 from hpclaunch.model.world import DEFAULT_MASTER_PORT, Host, World, is_decimal
 from hpclaunch.options import WorldOptions
-
-GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
 
 #: torchrun's defaults for the static form.
 DEFAULT_NNODES = "1:1"
@@ -98,7 +95,7 @@ def worker_slots(
     spec: str,
     env: Mapping[str, str],
     what: str = "--nproc-per-node",
-    gpu_probe: GpuProbe = machine_gpus.visible_gpus,
+    gpu_probe: machine_gpus.GpuProbe = machine_gpus.visible_gpus,
 ) -> Tuple[Tuple[int, ...], bool]:
     """This node's slot ids for torchrun's ``--nproc-per-node``, and whether they are GPU ids.
 
@@ -220,7 +217,7 @@ def static_world(
     env: Mapping[str, str],
     options: WorldOptions,
     this_name: str,
-    gpu_probe: GpuProbe = machine_gpus.visible_gpus,
+    gpu_probe: machine_gpus.GpuProbe = machine_gpus.visible_gpus,
 ) -> World:
     """The World of ``settings``; ``options`` (the launcher's flags) win where given."""
     node_rank = settings.node_rank if options.node_rank is None else options.node_rank
@@ -249,18 +246,10 @@ def static_world(
     )
 
 
-class TorchrunAdapter(BaseAdapter):
+class TorchrunAdapter(MachineAdapter):
     """World from torchrun's static settings in ``PET_*`` variables (torchrun's defaults)."""
 
     name = "torchrun"
-
-    def __init__(
-        self,
-        hostname: Callable[[], str] = network.hostname,
-        gpu_probe: GpuProbe = machine_gpus.visible_gpus,
-    ) -> None:
-        self._hostname = hostname
-        self._gpu_probe = gpu_probe
 
     def detect(self, env: Mapping[str, str]) -> bool:
         return False  # chosen by hpclaunch-torchrun or --adapter torchrun, never guessed

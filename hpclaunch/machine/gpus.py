@@ -24,7 +24,7 @@ order, the order ROCm enumerates them in.
 
 from __future__ import annotations
 
-from typing import List, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, List, Mapping, NamedTuple, Optional, Tuple
 
 from hpclaunch.machine import ROOT_VAR, fields, listdir, read, to_int
 from hpclaunch.model.world import is_decimal
@@ -77,6 +77,10 @@ def gpu_ids_from(value: str) -> Tuple[Tuple[int, ...], bool]:
 def root_of(env: Mapping[str, str]) -> str:
     """Where this machine's /proc and /sys are read from: "/" unless a test recorded one."""
     return env.get(ROOT_VAR) or "/"
+
+
+#: The shape of :func:`visible_gpus`: adapters take one, so tests can give recorded GPUs.
+GpuProbe = Callable[[Mapping[str, str]], Tuple[Tuple[int, ...], bool]]
 
 
 def visible_gpus(env: Mapping[str, str]) -> Tuple[Tuple[int, ...], bool]:
