@@ -45,12 +45,9 @@ class SignalInbox:
         self.read_fd, self.write_fd = held.read_fd, held.write_fd
         #: Signals read from the pipe but not yet taken by :meth:`drain` (see :meth:`fatal`).
         self.pending: List[int] = []
-        #: The signal mask the launcher was started with, less SIGTERM: its workers start
-        #: with it, as under any other parent, so a SIGUSR1 forwarded before a worker has its
-        #: handler waits there pending if the job's parent asked for that. SIGTERM is the
-        #: launcher's teardown: blocked, it would only ever turn into the SIGKILL after
-        #: --kill_timeout (a worker that wants to wait for it blocks it itself).
-        self.worker_mask: AbstractSet[int] = frozenset(held.mask) - {int(signal.SIGTERM)}
+        #: The signal mask the launcher was started with: its workers start with it too,
+        #: as they would under any other parent (the launcher itself unblocks what it handles).
+        self.worker_mask: AbstractSet[int] = held.mask
 
     def drain(self) -> List[int]:
         """Every signal received and not yet taken, in order of arrival."""
