@@ -16,9 +16,9 @@ from tests.conftest import ROOT
 
 LEAVE_NOTHING = ROOT / "scripts" / "leave-nothing.py"
 
-#: A ``mount`` command (not ``umount``, ``unshare --mount``, ``--mount-proc`` or the word in
-#: prose) followed by its options: in a shell line, ``mount -t ...``; in an argv list,
-#: ``"mount", "-t", ...``.
+#: A call of the mount command (not ``umount``, ``unshare --mount``, ``--mount-proc`` or the
+#: word in prose) followed by its options: in a shell line the command name, a space and a
+#: dash option; in an argv list the quoted name, a comma and a quoted dash option.
 _MOUNT_COMMAND = re.compile(r"""(?<![-\w])mount["']?,?\s+["']?-[^\n]*""")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpclaunch.spawner.output.ranklog import CAN_SPLICE, RankLog
+from tests.conftest import require
 
 
 def test_write_takes_everything_a_file_takes(tmp_path: Path) -> None:
@@ -35,8 +36,9 @@ def test_write_to_a_full_device_stops_and_says_why() -> None:
         os.close(fd)
 
 
-@pytest.mark.skipif(not CAN_SPLICE, reason="os.splice is Python 3.10+")
 def test_splice_moves_a_pipes_bytes_and_leaves_them_when_refused(tmp_path: Path) -> None:
+    # Python 3.9 has no os.splice (the relay then reads and writes): a local skip, a CI failure.
+    require(CAN_SPLICE, "os.splice (Python 3.10+ on Linux)")
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     path = tmp_path / "rank0.log"
