@@ -274,7 +274,8 @@ class HangWatch:
         return True
 
     def _on_stall(self, stall: Stall) -> None:
-        from hpclaunch.spawner.stall import StepSignal, slurm_step
+        from hpclaunch.spawner.scheduler import slurm_step
+        from hpclaunch.spawner.stall import StepSignal
 
         assert self.watch is not None
         self.stalled = stall
@@ -286,7 +287,7 @@ class HangWatch:
             "the job"
         )
         self.events.emit("stall", ranks=list(stall.ranks), quiet_seconds=round(stall.quiet, 3))
-        step = slurm_step(self.plan)
+        step = slurm_step(self.plan.world)
         if step is not None:  # first, so the other nodes dump while this one does
             self.scancel = StepSignal(step, self.selector, self.reporter, self.adopt)
         targets = self.targets()

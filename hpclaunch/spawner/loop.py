@@ -43,7 +43,6 @@ from hpclaunch.spawner.usage import NodeUsage, WorkerUsage, launcher_clock, sign
 if TYPE_CHECKING:
     from resource import struct_rusage
 
-if TYPE_CHECKING:
     from hpclaunch.spawner.scheduler import StepEnd
 
 #: How long to wait for SIGKILLed processes to be reaped. A process in uninterruptible

@@ -60,12 +60,17 @@ def step_end_for(
     Only a Slurm job step of several nodes has one: a one-node step has no other node, and
     an sbatch shell outside srun (run id ``<job>.batch``) is not a step of its own.
     """
+    step = slurm_step(world)
+    return StepEnd(step, launch.scheduler_end, reporter, events) if step is not None else None
+
+
+def slurm_step(world: World) -> Optional[str]:
+    """``<job>.<step>`` of the multi-node Slurm step this launcher is a task of, else None
+    (a one-node step has no other node; an sbatch shell, ``<job>.batch``, is no step)."""
     if world.source != "slurm" or world.num_nodes < 2:
         return None
     job, _, step = world.run_id.partition(".")
-    if not job.isdigit() or not step.isdigit():
-        return None
-    return StepEnd(world.run_id, launch.scheduler_end, reporter, events)
+    return world.run_id if job.isdigit() and step.isdigit() else None
 
 
 class StepEnd:

@@ -29,6 +29,7 @@ import signal
 import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from hpclaunch.spawner import tree
 from hpclaunch.spawner.hang import DumpPipes, dump_signal
 
 #: A rank's dump is complete once its pipe has been quiet this long...
@@ -117,13 +118,9 @@ def read_state(pid: int) -> Optional[ProcessState]:
 
 
 def _stat_fields(path: str) -> Optional[List[str]]:
-    """The fields of a /proc stat file after the command name (state first)."""
-    try:
-        with open(path, "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].decode().split()
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-    return fields if len(fields) > 17 else None
+    """:func:`hpclaunch.spawner.tree.stat_fields`, when it has every field read here."""
+    fields = tree.stat_fields(path)
+    return fields if fields is not None and len(fields) > 17 else None
 
 
 def describe_state(

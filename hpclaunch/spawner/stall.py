@@ -29,7 +29,6 @@ import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.fast import which
-from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import Reporter
 from hpclaunch.spawner.stacks import DumpTarget, read_cpu, start_helper
 
@@ -181,17 +180,6 @@ class StallWatch:
         else:
             self.due = latest + self.half
         return None
-
-
-# --------------------------------------------------------------------------- Slurm
-
-
-def slurm_step(plan: LaunchPlan) -> Optional[str]:
-    """``<job>.<step>`` of a multi-node Slurm step this launcher is a task of, else None."""
-    if plan.adapter != "slurm" or plan.world.num_nodes < 2:
-        return None
-    job, _, step = plan.world.run_id.partition(".")
-    return plan.world.run_id if job.isdigit() and step.isdigit() else None
 
 
 # --------------------------------------------------------------------------- other nodes

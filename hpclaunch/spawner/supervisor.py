@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
     from hpclaunch.spawner.events import Progress
     from hpclaunch.spawner.output.ranklog import RankLog
-
-if TYPE_CHECKING:
     from hpclaunch.spawner.stacks import DumpTarget
 
 

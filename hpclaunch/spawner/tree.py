@@ -121,11 +121,22 @@ def children_table() -> Dict[int, List[int]]:
 
 def parent_of(pid: int) -> int:
     """``pid``'s parent PID from /proc (0 when it is gone)."""
+    fields = stat_fields(f"/proc/{pid}/stat")
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+        return int(fields[1]) if fields is not None else 0
+    except (IndexError, ValueError):
         return 0
+
+
+def stat_fields(path: str) -> Optional[List[str]]:
+    """The fields of a /proc stat file after the command name, state first (proc(5)'s
+    field 3 on; the name may hold spaces and parentheses, so it is cut at the last ``)``);
+    None when the process is gone."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def marked_processes(token: str) -> List[int]:

@@ -32,6 +32,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Set, Tuple
 
+from hpclaunch.spawner import tree
 from hpclaunch.spawner.usage import WorkerUsage
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class WorkerWatch:
             except (BlockingIOError, InterruptedError):
                 return
             pid = _sender(ancillary)
-            if pid is None or not _child_of(pid, self.agent):
+            if pid is None or tree.parent_of(pid) != self.agent:
                 continue  # not one of our agent's workers: ignored
             try:
                 hello = json.loads(data)
@@ -167,26 +168,12 @@ def _sender(ancillary: object) -> Optional[int]:
     return None
 
 
-def _stat_fields(pid: int) -> Optional[Tuple[str, ...]]:
-    """/proc/<pid>/stat from field 3 (the state) on; None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return tuple(handle.read().rsplit(b")", 1)[1].decode().split())
-    except (OSError, IndexError):
-        return None
-
-
-def _child_of(pid: int, parent: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and len(fields) > 1 and fields[1] == str(parent)
-
-
 def zombie_status(pid: int, parent: int) -> Tuple[Optional[int], Optional[float]]:
     """(wait status, CPU seconds) of an exited, not yet reaped child of ``parent``.
 
     Fields (proc(5)): 14-17 utime, stime, cutime, cstime in clock ticks; 52 exit_code.
     """
-    fields = _stat_fields(pid)
+    fields = tree.stat_fields(f"/proc/{pid}/stat")
     if fields is None or len(fields) < 50 or fields[0] != "Z" or fields[1] != str(parent):
         return None, None
     ticks = os.sysconf("SC_CLK_TCK")
