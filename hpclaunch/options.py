@@ -15,7 +15,7 @@ carries the output and launch groups it was planned with; the spawner reads them
 
 from __future__ import annotations
 
-from typing import AbstractSet, FrozenSet, NamedTuple, Optional, Tuple, Union
+from typing import AbstractSet, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from hpclaunch.errors import UsageError
 
@@ -265,6 +265,22 @@ def format_ranks(ranks: AbstractSet[object]) -> str:
         shown = list(ranks)
     text = ",".join(map(str, shown[:8]))
     return text + (f",... ({len(shown)} ranks)" if len(shown) > 8 else "")
+
+
+def format_ranges(numbers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"`` (the kernel's cpulist format; duplicates
+    shown once)."""
+    ordered = sorted(set(numbers))
+    parts: List[str] = []
+    start = 0
+    while start < len(ordered):
+        end = start
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
+            end += 1
+        first, last = ordered[start], ordered[end]
+        parts.append(str(first) if first == last else f"{first}-{last}")
+        start = end + 1
+    return ",".join(parts)
 
 
 __all__ = ["ElasticOptions", "LaunchOptions", "NUMA_MODES", "OutputOptions", "WorldOptions"]

@@ -35,7 +35,7 @@ from typing import (
 
 from hpclaunch.errors import UsageError
 from hpclaunch.model.world import is_decimal
-from hpclaunch.options import check_core_id, clip
+from hpclaunch.options import check_core_id, clip, format_ranges
 
 if TYPE_CHECKING:
     from hpclaunch.machine.gpus import Gpu
@@ -129,16 +129,7 @@ def parse_cpulist(text: str) -> FrozenSet[int]:
 
 def format_cpulist(cpus: Sequence[int]) -> str:
     """(0, 1, 2, 3, 8) -> ``"0-3,8"``: the kernel's format, for reports."""
-    parts: List[str] = []
-    ordered = sorted(cpus)
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
+    return format_ranges(cpus)
 
 
 

@@ -34,7 +34,7 @@ from typing import (
 )
 
 from hpclaunch.machine.oom import OomWatch
-from hpclaunch.reporter import DEBUG, Reporter
+from hpclaunch.reporter import DEBUG, INFO, Reporter
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.events import Events, NoEvents, Progress
 from hpclaunch.spawner.inbox import DUMP_SIGNALS, FATAL_SIGNALS, FORWARDED_SIGNALS, SignalInbox
@@ -147,7 +147,7 @@ class TreeSupervisor:
 
     def report_usage(self) -> None:
         """The job is over here: say what the workers used (one info line)."""
-        if self.usage.ends or self.usage.started:
+        if (self.usage.ends or self.usage.started) and self.reporter.enabled(INFO):
             self.reporter.info(self.usage.summary(*self.node, launcher_clock().elapsed()))
 
     def record_exit(

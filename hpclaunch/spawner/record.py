@@ -88,10 +88,8 @@ class EventLog:
         wall, now = time.time(), time.monotonic()
         if not HEADER_KEYS.isdisjoint(fields):
             fields = {k: v for k, v in fields.items() if k not in HEADER_KEYS}
-        own = _flat(fields)
-        if own is None:
-            own = self.encode(fields)[1:-1]
-        line = (f'{{"schema":{SCHEMA_VERSION},"event":{_scalar(name) or self.encode(name)},'
+        own = self.encode(fields)[1:-1]
+        line = (f'{{"schema":{SCHEMA_VERSION},"event":{self.encode(name)},'
                 f'"time":"{self.utc(wall)}","elapsed":{now - self.origin:.6f},'
                 f'{self.header}{"," if own else ""}{own}}}\n')
         data = line.encode()
@@ -114,34 +112,6 @@ class EventLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _flat(fields: Mapping[str, Any]) -> Optional[str]:
-    """``"k":v,...`` for fields that are all plain scalars (the per-worker events), without
-    building a JSON encoder; None when one is not (the encoder does those)."""
-    parts = []
-    for key, value in fields.items():
-        text = _scalar(value)
-        if text is None or _scalar(key) is None:
-            return None
-        parts.append(f'"{key}":{text}')
-    return ",".join(parts)
-
-
-def _scalar(value: Any) -> Optional[str]:
-    if value is None:
-        return "null"
-    if value is True or value is False:
-        return "true" if value else "false"
-    kind = type(value)
-    if kind is int:
-        return str(value)
-    if kind is float and value - value == 0:  # finite
-        return repr(value)
-    if kind is str and value.isascii() and value.isprintable() and '"' not in value \
-            and "\\" not in value:
-        return f'"{value}"'
-    return None
 
 
 def _open_log(path: str) -> int:

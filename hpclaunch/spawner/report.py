@@ -8,7 +8,6 @@ tore them down afterwards are consequences and are not reported as failures.
 from __future__ import annotations
 
 import re
-import signal
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from hpclaunch.spawner.logs import tail_lines
@@ -42,10 +41,9 @@ class WorkerFailure(NamedTuple):
 
     def describe(self) -> str:
         if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
+            from hpclaunch.spawner.usage import signal_name
+
+            name = signal_name(self.signal)
             how = f"was killed by {name} ({self.signal})"
             if self.oom_killed:
                 how += ": the kernel's OOM killer ended it (out of memory)"

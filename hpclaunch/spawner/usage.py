@@ -23,6 +23,9 @@ import signal
 import time
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from hpclaunch.options import format_ranges
+from hpclaunch.spawner.tree import stat_fields
+
 if TYPE_CHECKING:
     from resource import struct_rusage
 
@@ -43,8 +46,7 @@ def launcher_clock() -> LauncherClock:
     ``CLOCK_BOOTTIME``; the time of the call where /proc cannot tell (age 0)."""
     age = 0.0
     try:
-        with open("/proc/self/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
+        fields = stat_fields("/proc/self/stat") or []
         ticks = int(fields[19])  # field 22, starttime; fields[0] is field 3, the state
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
@@ -111,17 +113,7 @@ def format_seconds(seconds: float) -> str:
 
 def rank_ranges(ranks: Iterable[int]) -> str:
     """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``."""
-    ordered = sorted(set(ranks))
-    parts: List[str] = []
-    start = 0
-    while start < len(ordered):
-        end = start
-        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
-            end += 1
-        first, last = ordered[start], ordered[end]
-        parts.append(str(first) if first == last else f"{first}-{last}")
-        start = end + 1
-    return ",".join(parts)
+    return format_ranges(ranks)
 
 
 class NodeUsage:
