@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from hpclaunch.errors import OutputError, UsageError
-from hpclaunch.hold import hold
-from hpclaunch.reporter import (
-    CRITICAL,
-    ERROR,
-    INFO,
-    LEVELS,
-    Reporter,
-    reopen_closed_standard_fds,
-)
-
+#: typing.TYPE_CHECKING without importing typing (or anything of hpclaunch's but
+#: hpclaunch.hold) before :func:`main`'s first line holds the signals, as ``hpclaunch`` does.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import List, Optional, Sequence
+
     from hpclaunch.model.world import World
+    from hpclaunch.reporter import Reporter
     from hpclaunch.spawner.process import LauncherProcess
 
 
@@ -57,6 +51,8 @@ def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World],
         return 0
     outcome = api.launch(launch.plan, env=env, reporter=reporter, process=process)
     voice = reporter.through(process.console().message)  # after the workers' output
+    from hpclaunch.reporter import ERROR
+
     if outcome.failure is not None:
         from hpclaunch.spawner.report import failure_summary
 
@@ -69,8 +65,12 @@ def _run(argv: Sequence[str], reporter: Reporter, worlds: List[World],
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command's whole life; returns the exit status (see docs/cli.md). Its first line
     holds the launcher's signals, as ``hpclaunch``'s does (docs/cli.md, Signals)."""
+    from hpclaunch.hold import hold
+
     held = hold()
     from hpclaunch import api
+    from hpclaunch.errors import OutputError, UsageError
+    from hpclaunch.reporter import CRITICAL, INFO, LEVELS, Reporter, reopen_closed_standard_fds
     from hpclaunch.spawner.inbox import SignalInbox
     from hpclaunch.spawner.process import LauncherProcess
 

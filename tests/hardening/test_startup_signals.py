@@ -241,9 +241,13 @@ def test_the_signals_held_first_are_the_ones_the_launcher_handles() -> None:
     assert sorted(HELD_SIGNALS) == sorted(int(sig) for sig in HANDLED_SIGNALS)
 
 
-def test_the_entry_point_holds_signals_before_importing_more(tmp_path: Path) -> None:
-    """What runs before the first line's hold: only the package's own (small) __init__ and
-    hpclaunch.hold; ``typing``, ``enum`` (``signal``'s) and the CLI come after it."""
+@pytest.mark.parametrize(("entry", "flag"), [("hpclaunch.__main__", "--version"),
+                                            ("hpclaunch.torchrun", "--help")])
+def test_the_entry_point_holds_signals_before_importing_more(tmp_path: Path, entry: str,
+                                                             flag: str) -> None:
+    """What runs before the first line's hold: only the package's own (small) __init__s and
+    hpclaunch.hold; ``typing``, ``enum`` (``signal``'s) and the CLI come after it. Both
+    commands: ``hpclaunch`` and ``hpclaunch-torchrun``."""
     probe = (
         "import sys\n"
         "import hpclaunch.hold as hold\n"
@@ -253,11 +257,11 @@ def test_the_entry_point_holds_signals_before_importing_more(tmp_path: Path) -> 
         "                 or m.startswith('hpclaunch')))\n"
         "    return real()\n"
         "hold.hold = spy\n"
-        "from hpclaunch.__main__ import main\n"
-        "sys.exit(main(['--version']))\n"
+        f"from {entry} import main\n"
+        f"sys.exit(main([{flag!r}]))\n"
     )
     result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True,
                             text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     before = result.stdout.splitlines()[0]
-    assert before == "['hpclaunch', 'hpclaunch.__main__', 'hpclaunch.hold']", before
+    assert before == str(sorted(["hpclaunch", entry, "hpclaunch.hold"])), before
