@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Tuple
 
 from hpclaunch.adapters import lsf_job
-from hpclaunch.adapters.base import MachineAdapter, derive_master_port, without_mpi_identity
+from hpclaunch.adapters.base import MachineAdapter, derive_master_port
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
@@ -72,12 +72,6 @@ class LSFAdapter(MachineAdapter):
 
     def detect(self, env: Mapping[str, str]) -> bool:
         return lsf_job(env)
-
-    def worker_environment(self, env: Mapping[str, str]) -> Dict[str, str]:
-        """jsrun's ``JSM_NAMESPACE_*`` describe the launcher's task, not a worker (a worker
-        library reading them, Lightning's LSF environment, would take the launcher's rank)."""
-        return {k: v for k, v in without_mpi_identity(env).items()
-                if not k.startswith("JSM_NAMESPACE_")}
 
     def world(self, env: Mapping[str, str], options: WorldOptions) -> World:
         job_id = env.get("LSB_JOBID", "").strip()

@@ -34,6 +34,7 @@ MPI_IDENTITY_PREFIXES: Tuple[str, ...] = (
     "MV2_COMM_WORLD_",
     "PALS_",
     "ALPS_APP_",
+    "JSM_NAMESPACE_",  # IBM jsrun (LSF): Lightning's LSF environment reads the rank there
     "OMPI_MCA_ess_base_",  # OpenMPI <= 4: job id and vpid
     "OMPI_MCA_orte_",  # OpenMPI <= 4: daemon URIs, local rank data
 )

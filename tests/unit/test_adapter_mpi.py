@@ -94,6 +94,7 @@ def test_detect_does_not_import_mpi4py() -> None:
         ("MPI_LOCALRANKID", True),
         ("PRTE_LAUNCHED", True),
         ("OMPI_MCA_ess_base_vpid", True),
+        ("JSM_NAMESPACE_RANK", True),  # jsrun's, whichever adapter runs (--adapter mpi too)
         ("OMPI_MCA_btl", False),  # tunables reach the workers
         ("PMIX_MCA_gds", False),
         ("PRTE_MCA_plm_ssh_agent", False),
