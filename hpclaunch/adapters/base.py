@@ -142,6 +142,13 @@ def derive_master_port(job_id: int, step_slot: int) -> int:
     return PORT_BASE + (job_id * PORT_STEPS_PER_JOB + step_slot % PORT_STEPS_PER_JOB) % PORT_SPAN
 
 
+def master_port(options: WorldOptions, job_id: int, step_slot: int) -> int:
+    """``--master_port`` when given, else :func:`derive_master_port`."""
+    if options.master_port is not None:
+        return options.master_port
+    return derive_master_port(job_id, step_slot)
+
+
 def optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
     """``env[name]`` as a non-negative integer, None when unset; garbage refused by name."""
     value = env.get(name, "").strip()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from hpclaunch.adapters.base import node_slots
+from hpclaunch.adapters.base import master_port, node_slots
 from hpclaunch.errors import AdapterError
-from hpclaunch.model.world import Host, is_decimal
+from hpclaunch.model.world import Host, World, is_decimal
+from hpclaunch.options import WorldOptions
 
 #: Largest host file read: a line per slot of a 100,000-node job is a few MiB.
 MAX_HOSTFILE_BYTES = 64 * 1024 * 1024
@@ -142,11 +143,41 @@ def job_hosts(
     return tuple(hosts), gpu_slots
 
 
+def job_world(
+    counts: Mapping[str, int],
+    node_rank: int,
+    options: WorldOptions,
+    gpus: Tuple[Tuple[int, ...], bool],
+    source: str,
+    slots_are_workers: bool,
+    port_numbers: Tuple[int, int],
+    run_id: str,
+) -> World:
+    """The World of a job whose hosts come from a scheduler's host list (``source``), this
+    host being ``node_rank`` there; ``port_numbers``: :func:`job_number`'s pair."""
+    if options.node_rank is not None and options.node_rank != node_rank:
+        raise AdapterError(
+            f"--node_rank {options.node_rank} contradicts this host's place {node_rank} "
+            f"in {source}: drop --node_rank"
+        )
+    hosts, gpu_slots = job_hosts(counts, node_rank, gpus, options.nproc_per_node,
+                                 slots_are_workers)
+    return World(
+        hosts=hosts,
+        node_rank=node_rank,
+        master_addr=options.master_addr or next(iter(counts)),
+        master_port=master_port(options, *port_numbers),
+        run_id=run_id,
+        gpu_slots=gpu_slots,
+    )
+
+
 __all__ = [
     "check_one_per_host",
     "host_index",
     "job_hosts",
     "job_number",
+    "job_world",
     "read_host_lines",
     "slot_counts",
 ]

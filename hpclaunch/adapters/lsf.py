@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Tuple
 
 from hpclaunch.adapters import lsf_job
-from hpclaunch.adapters.base import MachineAdapter, derive_master_port
+from hpclaunch.adapters.base import MachineAdapter
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
-    job_hosts,
     job_number,
+    job_world,
     read_host_lines,
     shown,
     slot_counts,
@@ -99,30 +99,12 @@ class LSFAdapter(MachineAdapter):
                 f"this host {self._hostname()!r} is not among the job's hosts in {source} "
                 f"({shown(names)}): start hpclaunch on the job's hosts, one per host: {_HOW}"
             )
-        if options.node_rank is not None and options.node_rank != node_rank:
-            raise AdapterError(
-                f"--node_rank {options.node_rank} contradicts this host's place {node_rank} "
-                f"in {source}: drop --node_rank"
-            )
-        hosts, gpu_slots = job_hosts(
-            counts, node_rank, self._gpu_probe(env), options.nproc_per_node,
-            slots_are_workers=not jsrun,
-        )
         index = env.get("LSB_JOBINDEX", "").strip()
-        number, array_index = job_number(job_id, index)
-        element = f"[{array_index}]" if array_index else ""
-        return World(
-            hosts=hosts,
-            node_rank=node_rank,
-            master_addr=options.master_addr or names[0],
-            master_port=(
-                options.master_port
-                if options.master_port is not None
-                else derive_master_port(number, array_index)
-            ),
-            run_id=f"lsf-{job_id}{element}",
-            gpu_slots=gpu_slots,
-        )
+        numbers = job_number(job_id, index)
+        element = f"[{numbers[1]}]" if numbers[1] else ""
+        return job_world(counts, node_rank, options, self._gpu_probe(env), source,
+                         slots_are_workers=not jsrun, port_numbers=numbers,
+                         run_id=f"lsf-{job_id}{element}")
 
     def _job_hosts(self, env: Mapping[str, str]) -> Tuple[Dict[str, int], str]:
         mcpu = env.get("LSB_MCPU_HOSTS", "")

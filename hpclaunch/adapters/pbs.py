@@ -27,12 +27,12 @@ from __future__ import annotations
 from typing import List, Mapping
 
 from hpclaunch.adapters import pbs_job
-from hpclaunch.adapters.base import MachineAdapter, derive_master_port, optional_int
+from hpclaunch.adapters.base import MachineAdapter, optional_int
 from hpclaunch.adapters.hostfile import (
     check_one_per_host,
     host_index,
-    job_hosts,
     job_number,
+    job_world,
     read_host_lines,
     shown,
     slot_counts,
@@ -71,28 +71,10 @@ class PBSAdapter(MachineAdapter):
         names = list(counts)
         check_one_per_host(env, len(names), "PBS_NODEFILE", _HOW)
         node_rank = self._node_rank(env, names)
-        if options.node_rank is not None and options.node_rank != node_rank:
-            raise AdapterError(
-                f"--node_rank {options.node_rank} contradicts this host's place {node_rank} "
-                "in PBS_NODEFILE: drop --node_rank"
-            )
-        hosts, gpu_slots = job_hosts(
-            counts, node_rank, self._gpu_probe(env), options.nproc_per_node,
-            slots_are_workers=True,
-        )
-        number, index = job_number(job_id, env.get("PBS_ARRAY_INDEX", ""))
-        return World(
-            hosts=hosts,
-            node_rank=node_rank,
-            master_addr=options.master_addr or names[0],
-            master_port=(
-                options.master_port
-                if options.master_port is not None
-                else derive_master_port(number, index)
-            ),
-            run_id=f"pbs-{job_id}",
-            gpu_slots=gpu_slots,
-        )
+        return job_world(counts, node_rank, options, self._gpu_probe(env), "PBS_NODEFILE",
+                         slots_are_workers=True,
+                         port_numbers=job_number(job_id, env.get("PBS_ARRAY_INDEX", "")),
+                         run_id=f"pbs-{job_id}")
 
     def _node_rank(self, env: Mapping[str, str], names: List[str]) -> int:
         hostname = self._hostname()

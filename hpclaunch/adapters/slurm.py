@@ -33,7 +33,7 @@ from hpclaunch.adapters import slurm_job
 from hpclaunch.adapters.base import (
     PORT_STEPS_PER_JOB,
     BaseAdapter,
-    derive_master_port,
+    master_port,
     node_slots,
     optional_int,
 )
@@ -281,11 +281,7 @@ class SlurmAdapter(BaseAdapter):
             hosts=world_hosts,
             node_rank=node_rank,
             master_addr=options.master_addr or hosts[0],
-            master_port=(
-                options.master_port
-                if options.master_port is not None
-                else derive_master_port(job_id, int(step))
-            ),
+            master_port=master_port(options, job_id, int(step)),
             run_id=f"{job_id}.{step}",
             gpu_slots=gpu_slots,
         )
@@ -330,11 +326,7 @@ class SlurmAdapter(BaseAdapter):
             hosts=(Host(node_name, slots),),
             node_rank=0,
             master_addr=options.master_addr or "127.0.0.1",
-            master_port=(
-                options.master_port
-                if options.master_port is not None
-                else derive_master_port(job_id, BATCH_STEP_SLOT)
-            ),
+            master_port=master_port(options, job_id, BATCH_STEP_SLOT),
             run_id=f"{job_id}.batch",
             gpu_slots=gpu_slots,
         )
