@@ -16,6 +16,14 @@ from hpclaunch.errors import SpawnError
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` to ``fd`` (a file system may take a write in parts); raises
+    OSError on the first refusal (``os.write`` itself retries an interrupted call)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def make_log_dir(directory: str) -> None:
     """Create the log directory (DeepSpeed's runner expects that) or fail as bad input."""
     try:

@@ -18,6 +18,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from hpclaunch.spawner.events import Progress
+from hpclaunch.spawner.logs import CREATE, write_all
 
 #: Seconds between rewrites while the job runs (a scrape interval is 15-60 s).
 REWRITE_SECONDS = 5.0
@@ -133,15 +134,9 @@ class MetricsFile:
             os.unlink(self.temporary)  # a stale one, or a planted link: never written through
         except FileNotFoundError:
             pass
-        fd = os.open(
-            self.temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-        )
+        fd = os.open(self.temporary, CREATE, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fchmod(fd, 0o644)  # readable by node_exporter whatever the umask
         except BaseException:
             os.close(fd)

@@ -15,7 +15,7 @@ import stat
 from typing import Mapping, Optional
 
 from hpclaunch.errors import SpawnError
-from hpclaunch.spawner.logs import CREATE
+from hpclaunch.spawner.logs import CREATE, write_all
 
 
 def pid_file_path(save_pid: int, env: Mapping[str, str]) -> str:
@@ -88,7 +88,7 @@ def write_pid_file(path: str, pid: int) -> None:
         raise _pid_file_error(path, exc) from None
     try:
         try:
-            _write_all(fd, str(pid).encode())
+            write_all(fd, str(pid).encode())
         finally:
             os.close(fd)
         os.link(draft, path)
@@ -111,12 +111,6 @@ def _pid_file_error(path: str, exc: OSError) -> SpawnError:
         f"cannot write PID file {path} ({exc.strerror}): free space in or set TMPDIR to a "
         "writable directory"
     )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def pid_file_draft(path: str, launcher: int) -> str:

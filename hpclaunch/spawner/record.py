@@ -29,6 +29,7 @@ from hpclaunch.errors import SpawnError, UsageError
 from hpclaunch.model.plan import LaunchPlan
 from hpclaunch.reporter import Reporter
 from hpclaunch.spawner.events import Progress
+from hpclaunch.spawner.logs import write_all
 from hpclaunch.spawner.metrics import JobMetrics, MetricsClock, MetricsFile
 from hpclaunch.spawner.usage import LauncherClock, launcher_clock, signal_name
 
@@ -92,12 +93,7 @@ class EventLog:
         line = (f'{{"schema":{SCHEMA_VERSION},"event":{self.encode(name)},'
                 f'"time":"{self.utc(wall)}","elapsed":{now - self.origin:.6f},'
                 f'{self.header}{"," if own else ""}{own}}}\n')
-        data = line.encode()
-        written = os.write(self.fd, data)
-        if written < len(data):  # the file system took part of it (full?): finish the line
-            view = memoryview(data)[written:]
-            while view:
-                view = view[os.write(self.fd, view):]
+        write_all(self.fd, line.encode())  # one write, unless the file system takes part
 
     def utc(self, wall: float) -> str:
         """``2026-12-03T10:11:12.123456Z``: ISO 8601, UTC, microseconds (truncated, so a

@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 from hpclaunch.spawner import tree
 from hpclaunch.spawner.hang import DumpPipes, dump_signal
+from hpclaunch.spawner.logs import write_all
 
 #: A rank's dump is complete once its pipe has been quiet this long...
 DUMP_QUIET_SECONDS = 0.5
@@ -513,11 +514,9 @@ class StackDumper:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except InterruptedError:
-            continue
-        except OSError:
-            return
+    """A dump to a log, best effort: a log the file system refuses loses it (the console
+    has it)."""
+    try:
+        write_all(fd, data)
+    except OSError:
+        pass
